@@ -1,0 +1,71 @@
+"""The one place that knows about ranks.
+
+Every helper falls back to world size 1 when no process group exists, so the per-worker
+training function runs unchanged in local mode (fast-reid's utils/comm.py pattern).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+@torch.no_grad()
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenates `t` from every rank along dim 0; sizes may differ between ranks. No gradient."""
+    if not is_distributed():
+        return t
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    sizes = [int(s.item()) for s in sizes]
+    pad = max(sizes) - t.shape[0]
+    padded = torch.cat([t, t.new_zeros((pad, *t.shape[1:]))]) if pad else t
+    out = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(out, padded.contiguous())
+    return torch.cat([o[:s] for o, s in zip(out, sizes, strict=True)])
+
+
+def broadcast_object(obj):
+    """Sends a picklable object from rank 0 to every rank and returns it everywhere."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def shard_bounds(n: int, rank_: int | None = None, world: int | None = None) -> tuple[int, int]:
+    """Contiguous [start, end) slice of n items owned by a rank (PartialFC's split)."""
+    rank_ = rank() if rank_ is None else rank_
+    world = world_size() if world is None else world
+    per, extra = divmod(n, world)
+    start = rank_ * per + min(rank_, extra)
+    return start, start + per + (1 if rank_ < extra else 0)

@@ -1,0 +1,41 @@
+"""Atomic checkpoints: written to a temporary file, then renamed, so a crash never leaves half of one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # a truncated or foreign file
+        raise ValueError(f"checkpoint {path} cannot be read ({err}); it is not a dmdl_dist checkpoint") from err
+
+
+def model_state(model: torch.nn.Module) -> dict:
+    """State dict without a DDP 'module.' prefix, so checkpoints load into any wrapper."""
+    inner = getattr(model, "module", model)
+    return inner.state_dict()

@@ -1,0 +1,54 @@
+"""Feature extraction over a list of images: the clustering refresh and evaluation both use it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dmdl_dist.data.images import ImageDataset
+from dmdl_dist.data.transforms import test_transform
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    root: str | Path,
+    paths: Sequence[str],
+    *,
+    height: int,
+    width: int,
+    device: torch.device,
+    batch_size: int = 256,
+    workers: int = 0,
+    flip: bool = False,
+    desc: str | None = None,
+) -> np.ndarray:
+    """L2-normalised BN-neck features, N x D float32, in the order of `paths`.
+
+    With flip=True the feature is the normalised mean of the image's and its mirror's
+    (the field's test-time feature); the clustering refresh uses flip=False.
+    """
+    inner = getattr(model, "module", model)
+    was_training = inner.training
+    inner.eval()
+    loader = DataLoader(
+        ImageDataset(root, list(paths), test_transform(height, width)),
+        batch_size=batch_size,
+        num_workers=workers,
+        shuffle=False,
+    )
+    out = np.empty((len(paths), inner.feat_dim), dtype=np.float32)
+    for images, idx in tqdm(loader, desc=desc, disable=desc is None, leave=False, unit="batch"):
+        images = images.to(device, non_blocking=True)
+        if flip:
+            feats = inner.extract(images)
+        else:
+            feats = torch.nn.functional.normalize(inner(images)[1], dim=1)
+        out[idx.numpy()] = feats.float().cpu().numpy()
+    inner.train(was_training)
+    return out

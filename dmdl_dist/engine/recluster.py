@@ -1,0 +1,108 @@
+"""The per-epoch refresh: extract features, pseudo-label them, build the memories, estimate confidences."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dmdl_dist.clustering.pseudo_labels import PseudoLabels, make_pseudo_labels, true_identity_labels
+from dmdl_dist.clustering.refine import gmm_confidence
+from dmdl_dist.config import Config
+from dmdl_dist.engine.extract import extract_features
+from dmdl_dist.engine.step import Memories
+from dmdl_dist.memory import ClusterMemory, centroids
+from dmdl_dist.models.cai import modality_prior
+
+
+@dataclass
+class Refresh:
+    labels: PseudoLabels
+    confidence: list[np.ndarray]  # per modality: N_m label confidences (1 during warm-up)
+    memories: Memories
+    timings: dict[str, float]
+
+
+def label_confidence(
+    features: torch.Tensor, labels: np.ndarray, memory: ClusterMemory, scope: str
+) -> np.ndarray:
+    """CBT's confidence: posterior of the low-loss component of a 2-Gaussian mixture on per-sample losses."""
+    keep = labels >= 0
+    conf = np.zeros(labels.shape[0], dtype=np.float32)
+    if not keep.any():
+        return conf
+    lab = torch.as_tensor(labels[keep], device=features.device)
+    losses = F.cross_entropy(memory.logits(features[keep]), lab, reduction="none").cpu().numpy()
+    conf[keep] = gmm_confidence(losses, groups=labels[keep] if scope == "cluster" else None)
+    return conf
+
+
+def refresh(
+    model: torch.nn.Module,
+    root: str,
+    paths: list[list[str]],
+    pids: list[np.ndarray],
+    cfg: Config,
+    *,
+    stage: int,
+    epoch: int,
+    epoch_in_stage: int,
+    device: torch.device,
+    progress: bool = True,
+) -> Refresh:
+    """Everything a training epoch needs, computed from the current model."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    feats = [
+        extract_features(
+            model, root, p, height=cfg.data.height, width=cfg.data.width, device=device,
+            batch_size=cfg.train.eval_batch_size, workers=cfg.data.loader_workers,
+            desc=f"extract {name}" if progress else None,
+        )
+        for p, name in zip(paths, ("visible", "infrared"), strict=True)
+    ]
+    timings["extract"] = time.perf_counter() - t0
+    if cfg.train.supervised:
+        labels = true_identity_labels(pids)
+    else:
+        labels = make_pseudo_labels(
+            feats, stage=stage, epoch=epoch, k1=cfg.cluster.k1, k2=cfg.cluster.k2, eps=cfg.cluster.eps,
+            min_samples=cfg.cluster.min_samples, association=cfg.cluster.association,
+        )
+    timings.update(labels.timings)
+    for m, name in enumerate(("visible", "infrared")):
+        if labels.num_clusters[m] == 0:
+            raise RuntimeError(
+                f"clustering found no {name} cluster at epoch {epoch} (every sample an outlier): raise "
+                f"cluster.eps (now {cfg.cluster.eps}) or lower cluster.min_samples (now {cfg.cluster.min_samples})"
+            )
+
+    t0 = time.perf_counter()
+    tf = [torch.from_numpy(f).to(device) for f in feats]
+    mem_kw = dict(temperature=cfg.memory.temperature, momentum=cfg.memory.momentum)
+    own = [
+        ClusterMemory(centroids(f, torch.as_tensor(lab, device=device), n), **mem_kw)
+        for f, lab, n in zip(tf, labels.labels, labels.num_clusters, strict=True)
+    ]
+    memories = Memories(own=own)
+    if stage == 2:
+        allf = torch.cat(tf)
+        allu = torch.as_tensor(np.concatenate(labels.unified), device=device)
+        memories.unified = ClusterMemory(centroids(allf, allu, labels.num_unified), **mem_kw)
+        memories.to_unified = [torch.as_tensor(t, device=device) for t in labels.to_unified]
+        counts = [int((lab >= 0).sum()) for lab in labels.labels]
+        memories.prior = modality_prior(counts, cfg.cai.prior).to(device)
+
+    use_gmm = cfg.cbt.refine and cfg.cbt.confidence == "gmm" and epoch_in_stage >= cfg.cbt.warmup_epochs
+    if use_gmm:
+        confidence = [
+            label_confidence(f, lab, mem, cfg.cbt.confidence_scope)
+            for f, lab, mem in zip(tf, labels.labels, own, strict=True)
+        ]
+    else:
+        confidence = [np.ones(lab.shape[0], dtype=np.float32) for lab in labels.labels]
+    timings["memory"] = time.perf_counter() - t0
+    return Refresh(labels=labels, confidence=confidence, memories=memories, timings=timings)

@@ -1,0 +1,143 @@
+"""One DMDL training step: forward both modalities and views, return named losses (fast-reid habit 1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dmdl_dist.clustering.refine import refined_targets, topk_softmax
+from dmdl_dist.config import Config
+from dmdl_dist.engine.losses import mmd_loss, soft_cross_entropy, triplet_loss
+from dmdl_dist.memory import ClusterMemory
+from dmdl_dist.models.cai import adaptive_momentum, adjusted_log_probs
+
+
+@dataclass
+class Batch:
+    """One modality's share of a step: V views of B images with their labels."""
+
+    views: list[torch.Tensor]  # V x (B x 3 x H x W), V = 1 (plain) or 2 (CBT two-view)
+    labels: torch.Tensor  # B, the modality's own cluster ids
+    unified: torch.Tensor | None  # B, shared ids across modalities (stage 2)
+    confidence: torch.Tensor  # B, label confidence lam in [0, 1]
+
+
+@dataclass
+class Memories:
+    own: list[ClusterMemory]  # one per modality
+    unified: ClusterMemory | None = None  # stage 2
+    to_unified: list[torch.Tensor] | None = None  # per modality: cluster -> unified id
+    prior: torch.Tensor | None = None  # P(m) for CAI
+
+
+def _refined(logits_other: torch.Tensor, labels: torch.Tensor, lam: torch.Tensor, topk: int, refine: bool):
+    """Target for one view: the other view's top-k memory prediction mixed with the one-hot label."""
+    if not refine:
+        return F.one_hot(labels, logits_other.shape[1]).float()
+    p_memory = topk_softmax(logits_other.detach(), min(topk, logits_other.shape[1]))
+    return refined_targets(p_memory, labels, lam)
+
+
+def _contrast(feats: list[torch.Tensor], scorer, labels, lam, topk: int, refine: bool) -> torch.Tensor:
+    """Memory loss averaged over views; each view's target comes from the other view."""
+    logits = [scorer(f) for f in feats]
+    losses = []
+    for v, lg in enumerate(logits):
+        other = logits[(v + 1) % len(logits)]
+        target = _refined(other, labels, lam, topk, refine)
+        losses.append(soft_cross_entropy(lg, target))
+    return torch.stack(losses).mean()
+
+
+def train_step(
+    model: torch.nn.Module,
+    batches: list[Batch],
+    memories: Memories,
+    cfg: Config,
+    *,
+    stage: int,
+    triplet_weight: float,
+) -> tuple[dict[str, torch.Tensor], list[list[torch.Tensor]]]:
+    """Forward pass and losses. Returns (named losses, unit features per modality and view).
+
+    The caller sums the losses, steps the optimizer and then updates the memories with the
+    returned features, so the memory never sits inside autograd or the DDP wrapper.
+    """
+    sizes = [[v.shape[0] for v in b.views] for b in batches]
+    images = torch.cat([v for b in batches for v in b.views])  # (sum of V*B) x 3 x H x W
+    feat, bn = model(images)
+    unit = F.normalize(bn, dim=1)
+    flat_unit = list(torch.split(unit, [s for ss in sizes for s in ss]))
+    flat_feat = list(torch.split(feat, [s for ss in sizes for s in ss]))
+    per_mod_unit, per_mod_feat, i = [], [], 0
+    for ss in sizes:
+        per_mod_unit.append(flat_unit[i : i + len(ss)])
+        per_mod_feat.append(flat_feat[i : i + len(ss)])
+        i += len(ss)
+
+    topk = cfg.cbt.topk_stage1 if stage == 1 else cfg.cbt.topk_stage2
+    refine = cfg.cbt.refine
+    losses: dict[str, torch.Tensor] = {}
+    own = [
+        _contrast(per_mod_unit[m], memories.own[m].logits, b.labels, b.confidence, topk, refine)
+        for m, b in enumerate(batches)
+    ]
+    losses["memory"] = torch.stack(own).sum()
+
+    if cfg.train.triplet and triplet_weight > 0:
+        if stage == 1:
+            tri = [triplet_loss(torch.cat(per_mod_feat[m]), b.labels.repeat(len(b.views)), cfg.train.triplet_margin)
+                   for m, b in enumerate(batches)]
+            losses["triplet"] = triplet_weight * torch.stack(tri).sum()
+        else:
+            feats = torch.cat([f for fs in per_mod_feat for f in fs])
+            labels = torch.cat([b.unified.repeat(len(b.views)) for b in batches])
+            losses["triplet"] = triplet_weight * triplet_loss(feats, labels, cfg.train.triplet_margin)
+
+    if cfg.cbt.mmd and cfg.cbt.augment:
+        mmd = [mmd_loss(fs[0], fs[1], cfg.cbt.mmd_kernels, cfg.cbt.mmd_mul) for fs in per_mod_unit if len(fs) == 2]
+        if mmd:
+            losses["mmd"] = cfg.cbt.mmd_weight * torch.stack(mmd).sum()
+
+    if stage == 2:
+        cross, cai = [], []
+        for m, b in enumerate(batches):
+            cross.append(_contrast(per_mod_unit[m], memories.unified.logits, b.unified, b.confidence, topk, refine))
+            if cfg.cai.enabled:
+                scorer = _cai_scorer(memories, cfg.cai.temperature)
+                cai.append(_contrast(per_mod_unit[m], scorer, b.unified, b.confidence, topk, refine))
+        losses["cross"] = torch.stack(cross).sum()
+        if cai:
+            losses["cai"] = cfg.cai.weight * torch.stack(cai).sum()
+    return losses, per_mod_unit
+
+
+def _cai_scorer(memories: Memories, temperature: float):
+    """log P(Y | do(X)) as 'logits' (log-probabilities are their own log-softmax)."""
+
+    def score(feats: torch.Tensor) -> torch.Tensor:
+        return adjusted_log_probs(
+            feats,
+            [mem.centroids for mem in memories.own],
+            memories.to_unified,
+            memories.prior,
+            memories.unified.num_clusters,
+            temperature,
+        )
+
+    return score
+
+
+@torch.no_grad()
+def update_memories(memories: Memories, batches: list[Batch], feats: list[list[torch.Tensor]], cfg: Config) -> None:
+    """Momentum updates after the optimizer step, with every view's features."""
+    for m, b in enumerate(batches):
+        f = torch.cat(feats[m]).detach()
+        memories.own[m].update(f, b.labels.repeat(len(b.views)))
+        if memories.unified is not None:
+            mom = None
+            if cfg.cai.enabled and cfg.cai.adaptive_momentum:
+                mom = adaptive_momentum(b.confidence, cfg.memory.momentum).repeat(len(b.views))
+            memories.unified.update(f, b.unified.repeat(len(b.views)), mom)

@@ -1,0 +1,285 @@
+"""The DMDL training run: stage 1 (intra-modality) then stage 2 (cross-modality), one refresh per epoch.
+
+`train` is the per-worker function: local mode calls it directly; the Ray Train launcher runs
+the same function in every worker. Everything it needs comes from its arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from dmdl_dist.config import Config, save_config, to_dict
+from dmdl_dist.data.images import ImageDataset
+from dmdl_dist.data.manifest import INFRARED, VISIBLE
+from dmdl_dist.data.samplers import balanced_batches
+from dmdl_dist.data.transforms import single_view, train_views
+from dmdl_dist.engine import checkpoint as ckpt
+from dmdl_dist.engine.data import RunData, load_run_data
+from dmdl_dist.engine.extract import extract_features
+from dmdl_dist.engine.recluster import Refresh, refresh
+from dmdl_dist.engine.step import Batch, train_step, update_memories
+from dmdl_dist.eval.protocols import format_table
+from dmdl_dist.eval.run import evaluate_manifest
+from dmdl_dist.models.backbone import build_model
+
+log = logging.getLogger("dmdl_dist")
+MODALITIES = (VISIBLE, INFRARED)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # next epoch to run, counted over both stages
+    best_val: float = -1.0
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def stage_of(epoch: int, cfg: Config) -> tuple[int, int]:
+    """(stage, epoch within the stage) of a global epoch number."""
+    s1 = cfg.train.stage1_epochs
+    return (1, epoch) if epoch < s1 else (2, epoch - s1)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, cfg: Config, epoch_in_stage: int) -> float:
+    """Step decay x lr_gamma every lr_step epochs, restarted at each stage."""
+    lr = cfg.train.lr * cfg.train.lr_gamma ** (epoch_in_stage // cfg.train.lr_step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def modality_loaders(data: RunData, ref: Refresh, cfg: Config, *, stage: int, epoch: int) -> list[DataLoader]:
+    """One loader per modality yielding P x K identity-balanced batches of (views, sample index)."""
+    loaders = []
+    for m in MODALITIES:
+        if cfg.cbt.augment:
+            transform = train_views(m, cfg.data.height, cfg.data.width, erase_p=cfg.cbt.erase_p, gray_p=cfg.cbt.gray_p)
+        else:
+            transform = single_view(m, cfg.data.height, cfg.data.width)
+        labels = ref.labels.labels[m] if stage == 1 else ref.labels.unified[m]
+        batches = balanced_batches(
+            labels, cfg.data.num_pids, cfg.data.num_instances, cfg.train.iters_per_epoch,
+            seed=cfg.train.seed * 100003 + epoch * 2 + m,
+        )
+        loaders.append(
+            DataLoader(
+                ImageDataset(data.root, data.train_paths[m], transform),
+                batch_sampler=batches,
+                num_workers=cfg.data.loader_workers,
+            )
+        )
+    return loaders
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: RunData,
+    ref: Refresh,
+    cfg: Config,
+    *,
+    stage: int,
+    epoch: int,
+    epoch_in_stage: int,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, float]:
+    """Runs iters_per_epoch steps; returns the mean of every named loss."""
+    model.train()
+    stage_epochs = cfg.train.stage1_epochs if stage == 1 else cfg.train.stage2_epochs
+    triplet_weight = min(1.0, (epoch_in_stage + 1) / max(stage_epochs, 1))
+    sums: dict[str, float] = {}
+    loaders = modality_loaders(data, ref, cfg, stage=stage, epoch=epoch)
+    bar = tqdm(zip(*loaders, strict=True), total=cfg.train.iters_per_epoch, disable=not progress, leave=False,
+               desc=f"epoch {epoch + 1} stage {stage}", unit="it")
+    for step_batches in bar:
+        batches = []
+        for m, (views, idx) in enumerate(step_batches):
+            views = list(views) if isinstance(views, (list, tuple)) else [views]
+            idx_np = idx.numpy()
+            unified = None if stage == 1 else torch.as_tensor(ref.labels.unified[m][idx_np], device=device)
+            batches.append(Batch(
+                views=[v.to(device, non_blocking=True) for v in views],
+                labels=torch.as_tensor(ref.labels.labels[m][idx_np], device=device),
+                unified=unified,
+                confidence=torch.as_tensor(ref.confidence[m][idx_np], device=device),
+            ))
+        losses, feats = train_step(model, batches, ref.memories, cfg, stage=stage, triplet_weight=triplet_weight)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            values = {k: round(v.item(), 4) for k, v in losses.items()}
+            raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}: {values}")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        update_memories(ref.memories, batches, feats, cfg)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        sums["total"] = sums.get("total", 0.0) + float(total.detach())
+        bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+    return {k: v / cfg.train.iters_per_epoch for k, v in sums.items()}
+
+
+def evaluate_split(model, data: RunData, manifest, cfg: Config, device, *, trials: int, flip: bool = True) -> dict:
+    from dmdl_dist.data.manifest import columns
+
+    feats = extract_features(
+        model, data.root, list(columns(manifest)["path"]), height=cfg.data.height, width=cfg.data.width,
+        device=device, batch_size=cfg.train.eval_batch_size, workers=cfg.data.loader_workers, flip=flip,
+    )
+    mode = cfg.eval.mode if cfg.data.dataset in ("sysu", "synthvi") else None
+    return evaluate_manifest(cfg.data.dataset, manifest, feats, mode=mode, trials=trials)
+
+
+def _epoch_line(rec: dict, total_epochs: int) -> str:
+    losses = " ".join(f"{k} {v:.3f}" for k, v in rec["losses"].items())
+    line = (
+        f"epoch {rec['epoch']:>3}/{total_epochs} [stage {rec['stage']}] {losses} | clusters V {rec['clusters'][0]} "
+        f"I {rec['clusters'][1]} outliers V {rec['outliers'][0]:.0%} I {rec['outliers'][1]:.0%}"
+    )
+    if rec["stage"] == 2:
+        line += f" shared {rec['num_unified']} assoc {rec['association_rate']:.0%}"
+    line += f" | refresh {rec['time']['refresh']:.1f}s train {rec['time']['train']:.1f}s"
+    if "val_mAP" in rec:
+        line += f" | val R1 {rec['val_rank1']:.1f} mAP {rec['val_mAP']:.1f}"
+    return line
+
+
+def train(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    echo=print,
+) -> dict:
+    """Trains, checkpoints every epoch, and evaluates the selected model on the test protocols.
+
+    Model selection never reads the test set: the epoch with the best validation mAP on held-out
+    training identities when data.holdout_val is set, else the last epoch. `stop_after` ends the
+    run after that many epochs in total (as an interruption would), for tests and scheduling.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    data = load_run_data(cfg)
+    model = build_model(
+        cfg.model.arch, pretrained=cfg.model.pretrained, last_stride=cfg.model.last_stride,
+        non_local=cfg.model.non_local, gem_p=cfg.model.gem_p,
+    ).to(device)
+    optimizer = make_optimizer(model, cfg)
+    state = TrainState()
+    last = run_dir / ckpt.LAST
+    if resume and last.is_file():
+        saved = ckpt.load(last, map_location=device)
+        model.load_state_dict(saved["model"])
+        if stage_of(saved["state"]["epoch"] - 1, cfg)[0] == stage_of(saved["state"]["epoch"], cfg)[0]:
+            optimizer.load_state_dict(saved["optimizer"])
+        state = TrainState(**saved["state"])
+        echo(f"resumed {run_dir} at epoch {state.epoch + 1}")
+    else:
+        save_config(cfg, run_dir / "config.yaml")
+    total_epochs = cfg.train.stage1_epochs + cfg.train.stage2_epochs
+    echo(f"training on {device}: {len(data.train_paths[0])} visible + {len(data.train_paths[1])} infrared images, "
+         f"{total_epochs} epochs -> {run_dir}")
+
+    while state.epoch < total_epochs:
+        epoch = state.epoch
+        stage, in_stage = stage_of(epoch, cfg)
+        if stage == 2 and in_stage == 0:
+            optimizer = make_optimizer(model, cfg)  # stage 2 starts afresh, as the two-stage recipe does
+        seed_everything(cfg.train.seed * 1000 + epoch)  # per-epoch seeding: a resumed run repeats exactly
+        set_lr(optimizer, cfg, in_stage)
+        t0 = time.perf_counter()
+        ref = refresh(model, str(data.root), data.train_paths, data.train_pids, cfg,
+                      stage=stage, epoch=epoch, epoch_in_stage=in_stage, device=device, progress=progress)
+        t1 = time.perf_counter()
+        losses = train_one_epoch(model, optimizer, data, ref, cfg, stage=stage, epoch=epoch,
+                                 epoch_in_stage=in_stage, device=device, progress=progress)
+        t2 = time.perf_counter()
+        rec = {
+            "epoch": epoch + 1, "stage": stage, "losses": losses,
+            "clusters": ref.labels.num_clusters,
+            "outliers": [ref.labels.outlier_fraction(m) for m in MODALITIES],
+            "num_unified": ref.labels.num_unified, "association_rate": ref.labels.association_rate(),
+            "time": {"refresh": t1 - t0, "train": t2 - t1, **{f"refresh_{k}": v for k, v in ref.timings.items()}},
+            "images_per_s": cfg.train.iters_per_epoch * sum(
+                cfg.data.num_pids * cfg.data.num_instances * (2 if cfg.cbt.augment else 1) for _ in MODALITIES
+            ) / max(t2 - t1, 1e-9),
+        }
+        if data.val is not None:
+            val = evaluate_split(model, data, data.val, cfg, device, trials=1, flip=False)
+            first = next(iter(val.values()))["mean"]
+            rec["val_rank1"], rec["val_mAP"] = first["rank1"], first["mAP"]
+            rec["time"]["val"] = time.perf_counter() - t2
+            if first["mAP"] > state.best_val:
+                state.best_val, state.best_epoch = first["mAP"], epoch + 1
+                ckpt.save_atomic({"model": ckpt.model_state(model), "epoch": epoch + 1, "config": to_dict(cfg)},
+                                 run_dir / ckpt.BEST)
+        state.history.append(rec)
+        state.epoch = epoch + 1
+        ckpt.save_atomic(
+            {"model": ckpt.model_state(model), "optimizer": optimizer.state_dict(), "state": state.__dict__,
+             "config": to_dict(cfg)},
+            last,
+        )
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        echo(_epoch_line(rec, total_epochs))
+        if stop_after is not None and state.epoch >= stop_after and state.epoch < total_epochs:
+            echo(f"stopped after epoch {state.epoch}; continue with: dmdl train --resume {run_dir}")
+            return {"stopped_at": state.epoch}
+
+    return final_evaluation(model, data, cfg, state, run_dir, device, echo)
+
+
+def final_evaluation(model, data: RunData, cfg: Config, state: TrainState, run_dir: Path, device, echo) -> dict:
+    selected = "last"
+    if state.best_epoch > 0 and (run_dir / ckpt.BEST).is_file():
+        model.load_state_dict(ckpt.load(run_dir / ckpt.BEST, map_location=device)["model"])
+        selected = f"best val mAP (epoch {state.best_epoch})"
+    test = evaluate_split(model, data, data.test, cfg, device, trials=cfg.eval.trials, flip=True)
+    results = {
+        "selected": selected,
+        "epochs": state.epoch,
+        "test": test,
+        "best_val_mAP": state.best_val if state.best_epoch > 0 else None,
+    }
+    tmp = run_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(run_dir / "results.json")
+    echo(f"\nmodel: {selected}; test protocols ({cfg.eval.trials} gallery trials):")
+    echo(format_table(test))
+    return results
+

@@ -1,0 +1,3 @@
+from dmdl_dist.memory.cluster_memory import ClusterMemory, centroids
+
+__all__ = ["ClusterMemory", "centroids"]

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from dmdl_dist.clustering import (
+    associate_hungarian,
+    associate_nearest,
+    dbscan_labels,
+    jaccard_distance,
+    unified_labels,
+)
+from dmdl_dist.clustering.pseudo_labels import make_pseudo_labels, true_identity_labels
+
+
+def blobs(per, centres, d=16, noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d))
+    x = np.repeat(c, per, axis=0) + noise * rng.normal(size=(centres * per, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), np.repeat(np.arange(centres), per)
+
+
+def test_dbscan_recovers_blobs_and_marks_outliers():
+    x, truth = blobs(10, 5)
+    far = np.eye(16, dtype=np.float32)[:1] * -1  # one point away from every blob
+    x = np.vstack([x, far])
+    labels = dbscan_labels(jaccard_distance(x, k1=10, k2=1, use_gpu=False), eps=0.6, min_samples=4)
+    assert labels[-1] == -1
+    assert len(set(labels[:-1])) == 5
+    for c in range(5):
+        assert len(set(labels[:-1][truth == c])) == 1
+
+
+def test_dbscan_ignores_absent_pairs_and_rejects_eps_one():
+    # Two points at stored distance 0.2, a third with no stored pair (distance 1).
+    d = sp.csr_matrix(([0.0, 0.2, 0.2, 0.0, 0.0], ([0, 0, 1, 1, 2], [0, 1, 0, 1, 2])), shape=(3, 3))
+    assert dbscan_labels(d, eps=0.5, min_samples=2).tolist() == [0, 0, -1]
+    assert dbscan_labels(d, eps=0.1, min_samples=2).tolist() == [-1, -1, -1]
+    with pytest.raises(ValueError, match="eps"):
+        dbscan_labels(d, eps=1.0)
+
+
+def test_nearest_association_directions():
+    vis = np.array([[1, 0], [0, 1], [0.8, 0.6]], np.float32)
+    ir = np.array([[0, 1], [1, 0]], np.float32)
+    v2i = associate_nearest(vis, ir, "v2i")
+    assert v2i.vis_to_ir.tolist() == [1, 0, 1] and v2i.ir_to_vis.tolist() == [-1, -1]
+    i2v = associate_nearest(vis, ir, "i2v")
+    assert i2v.ir_to_vis.tolist() == [1, 0] and i2v.vis_to_ir.tolist() == [-1, -1, -1]
+    # v2i: visible 0 and 2 join infrared 1, visible 1 joins infrared 0; 2 shared ids.
+    vu, iu, n = unified_labels(np.array([0, 1, 2, -1]), np.array([1, 0, -1]), v2i)
+    assert n == 2 and vu[0] == vu[2] == iu[0] and vu[1] == iu[1] and vu[3] == -1 and iu[2] == -1
+    # i2v: every visible cluster keeps its own id; infrared clusters take their visible match's.
+    vu, iu, n = unified_labels(np.array([0, 1, 2]), np.array([0, 1]), i2v)
+    assert n == 3 and iu[0] == vu[1] and iu[1] == vu[0] and len(set(vu)) == 3
+    with pytest.raises(ValueError, match="direction"):
+        associate_nearest(vis, ir, "both")
+
+
+def test_hungarian_is_one_to_one():
+    vis = np.array([[1, 0], [0.9, 0.436], [0, 1]], np.float32)
+    ir = np.array([[0.95, 0.31], [0, 1]], np.float32)
+    a = associate_hungarian(vis, ir)
+    matched = a.vis_to_ir[a.vis_to_ir >= 0]
+    assert len(matched) == 2 and len(set(matched)) == 2
+    assert all(a.ir_to_vis[a.vis_to_ir[v]] == v for v in np.flatnonzero(a.vis_to_ir >= 0))
+    vu, iu, n = unified_labels(np.arange(3), np.arange(2), a)
+    assert n == 3  # two matched pairs and one visible cluster alone
+
+
+def test_pseudo_labels_stage2_share_identities_across_modalities():
+    x, truth = blobs(8, 4, seed=2)
+    ir = x + 0.02 * np.random.default_rng(3).normal(size=x.shape).astype(np.float32)
+    ir /= np.linalg.norm(ir, axis=1, keepdims=True)
+    pl = make_pseudo_labels([x, ir], stage=2, epoch=0, k1=6, k2=3, eps=0.6, min_samples=3)
+    assert pl.num_clusters == [4, 4] and pl.num_unified == 4
+    for c in range(4):
+        assert len({*pl.unified[0][truth == c], *pl.unified[1][truth == c]}) == 1
+    assert pl.association_rate() == 1.0
+    for m in range(2):
+        assert np.array_equal(pl.to_unified[m][pl.labels[m]], pl.unified[m])
+    assert {"jaccard_visible", "dbscan_infrared", "association"} <= set(pl.timings)
+
+
+def test_true_identity_labels():
+    pl = true_identity_labels([np.array([5, 5, 9]), np.array([9, 7])])
+    assert pl.num_unified == 3
+    assert pl.unified[0][2] == pl.unified[1][0]
+    assert pl.labels[1].tolist() == [1, 0] or pl.labels[1].tolist() == [0, 1]
+    for m in range(2):
+        assert np.array_equal(pl.to_unified[m][pl.labels[m]], pl.unified[m])

@@ -1,0 +1,119 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.mixture import GaussianMixture
+
+from dmdl_dist.clustering.refine import gmm_confidence, refined_targets, topk_softmax
+from dmdl_dist.engine.losses import mmd_loss, soft_cross_entropy, triplet_loss
+
+
+def test_mmd_is_zero_for_identical_samples_and_grows_with_a_shift():
+    torch.manual_seed(0)
+    x = torch.randn(32, 16)
+    same = mmd_loss(x, x.clone())
+    near = mmd_loss(x, torch.randn(32, 16))
+    far = mmd_loss(x, x + 2.0)
+    assert abs(float(same)) < 1e-6
+    assert float(far) > 0.1 and float(far) > float(near)
+
+
+def test_mmd_gradient_is_finite_and_pulls_samples_together():
+    torch.manual_seed(0)
+    x = torch.randn(16, 8)
+    y = (torch.randn(16, 8) + 1.0).requires_grad_()
+    loss = mmd_loss(x, y)
+    loss.backward()
+    assert torch.isfinite(y.grad).all()
+    with torch.no_grad():
+        assert mmd_loss(x, y - 0.1 * y.grad / y.grad.norm()) < loss
+
+
+def test_triplet_is_zero_for_well_separated_classes():
+    feats = torch.tensor([[1.0, 0.0], [0.99, 0.05], [0.0, 1.0], [0.05, 0.99]], requires_grad=True)
+    loss = triplet_loss(feats, torch.tensor([0, 0, 1, 1]), margin=0.3)
+    assert float(loss.detach()) == 0.0
+    loss.backward()  # still part of the graph
+
+
+def test_triplet_matches_hand_computation_and_ignores_unlabelled():
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    unit = F.normalize(feats, dim=1)
+    dist = torch.cdist(unit, unit)
+    expected = torch.stack([
+        F.relu(dist[0, 1] - dist[0, 2] + 0.3),
+        F.relu(dist[1, 0] - dist[1, 3] + 0.3),
+        F.relu(dist[2, 3] - dist[2, 0] + 0.3),
+        F.relu(dist[3, 2] - dist[3, 1] + 0.3),
+    ]).mean()
+    assert torch.allclose(triplet_loss(feats, labels), expected, atol=1e-5)
+    noisy = torch.cat([feats, torch.tensor([[1.0, 0.0]])])
+    assert torch.allclose(triplet_loss(noisy, torch.cat([labels, torch.tensor([-1])])), expected, atol=1e-5)
+    assert float(triplet_loss(feats, torch.tensor([-1, -1, 0, 1]))) == 0.0  # no anchor has a positive
+
+
+def test_soft_cross_entropy_with_one_hot_is_cross_entropy():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(5, 7), torch.tensor([0, 3, 6, 2, 2])
+    assert torch.allclose(soft_cross_entropy(logits, F.one_hot(labels, 7).float()), F.cross_entropy(logits, labels))
+
+
+def test_topk_softmax_keeps_exactly_the_k_largest():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 20)
+    probs = topk_softmax(logits, 3)
+    assert probs.shape == logits.shape
+    assert torch.allclose(probs.sum(1), torch.ones(6))
+    assert torch.all((probs > 0).sum(1) == 3)
+    assert torch.equal((probs > 0), torch.zeros_like(probs, dtype=torch.bool).scatter_(1, logits.topk(3).indices, True))
+    with pytest.raises(ValueError, match="top-k"):
+        topk_softmax(logits, 21)
+
+
+def test_refined_targets_interpolate_between_memory_and_label():
+    p_memory = topk_softmax(torch.randn(3, 5), 2)
+    labels = torch.tensor([4, 0, 2])
+    onehot = F.one_hot(labels, 5).float()
+    assert torch.allclose(refined_targets(p_memory, labels, torch.ones(3)), onehot)
+    assert torch.allclose(refined_targets(p_memory, labels, torch.zeros(3)), p_memory)
+    mixed = refined_targets(p_memory, labels, torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64))
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed[0], 0.75 * p_memory[0] + 0.25 * onehot[0])
+    assert torch.allclose(mixed.sum(1), torch.ones(3))
+
+
+def _bimodal(rng, n_low, n_high, scale=1.0):
+    return np.concatenate([rng.normal(0.2, 0.05, n_low), rng.normal(2.0, 0.1, n_high)]) * scale
+
+
+def test_gmm_confidence_trusts_low_loss_samples():
+    rng = np.random.default_rng(0)
+    losses = _bimodal(rng, 60, 20)
+    conf = gmm_confidence(losses)
+    assert conf.shape == (80,) and conf.dtype == np.float32
+    assert conf[:60].min() > 0.9 and conf[60:].max() < 0.1
+
+
+def test_gmm_confidence_per_group_and_tiny_groups():
+    rng = np.random.default_rng(1)
+    # Group 0 lives on a 100x larger loss scale than group 1: per-group normalisation separates both.
+    losses = np.concatenate([_bimodal(rng, 8, 4, 100.0), _bimodal(rng, 8, 4), [5.0, 0.1], [1.0, 1.0, 1.0, 1.0]])
+    groups = np.repeat([7, 3, 9, 5], [12, 12, 2, 4])
+    conf = gmm_confidence(losses, groups, min_group=4)
+    for start in (0, 12):
+        assert conf[start : start + 8].min() > 0.9 and conf[start + 8 : start + 12].max() < 0.1
+    assert np.all(conf[24:] == 1.0)  # a group of 2 and a group of constant loss
+
+
+def test_gmm_confidence_matches_sklearn_on_bimodal_losses():
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(0.3, 0.1, 40), rng.normal(1.0, 0.3, 25)])
+    normalised = (x - x.min()) / (x.max() - x.min())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter=10 stops before sklearn's own convergence
+        gmm = GaussianMixture(2, max_iter=10, reg_covar=5e-4, tol=1e-2, random_state=0).fit(normalised[:, None])
+    expected = gmm.predict_proba(normalised[:, None])[:, np.argmin(gmm.means_[:, 0])]
+    assert np.allclose(gmm_confidence(x), expected, atol=1e-4)

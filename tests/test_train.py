@@ -1,0 +1,91 @@
+"""Two-epoch training runs on the tiny SynthVI: the whole pipeline, resume and the CLI."""
+
+import json
+
+import pytest
+import torch
+
+from dmdl_dist.cli import main
+from dmdl_dist.config import load_config
+from dmdl_dist.engine import checkpoint as ckpt
+from dmdl_dist.engine.trainer import train
+
+pytestmark = pytest.mark.slow
+
+
+def _quiet(*_args, **_kw):
+    pass
+
+
+def test_two_stage_run_evaluates_and_checkpoints(tmp_path, tiny_root):
+    cfg = load_config("tiny")
+    results = train(cfg, tmp_path / "run", progress=False, echo=_quiet)
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and (run / "last.pt").is_file() and (run / "results.json").is_file()
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["stage"] for h in history] == [1, 2]
+    assert {"memory", "triplet", "mmd"} <= set(history[0]["losses"])
+    assert {"cross", "cai"} <= set(history[1]["losses"])
+    assert history[1]["num_unified"] > 0
+    for protocol in ("synthvi-all",):
+        metrics = results["test"][protocol]["mean"]
+        assert 0 <= metrics["mAP"] <= 100 and 0 <= metrics["rank1"] <= 100
+        assert len(results["test"][protocol]["trials"]) == cfg.eval.trials
+    assert "val" not in json.dumps(results["selected"]) or results["best_val_mAP"] is not None
+
+
+def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path, tiny_root):
+    cfg = load_config("tiny", overrides=["data.holdout_val=false"])
+    full = train(cfg, tmp_path / "full", progress=False, echo=_quiet)
+    stopped = train(cfg, tmp_path / "cut", progress=False, echo=_quiet, stop_after=1)
+    assert stopped == {"stopped_at": 1}
+    assert not (tmp_path / "cut" / "results.json").exists()
+    resumed = train(cfg, tmp_path / "cut", resume=True, progress=False, echo=_quiet)
+    history = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(h)["epoch"] for h in history] == [1, 2]
+    a = ckpt.load(tmp_path / "full" / "last.pt")["model"]
+    b = ckpt.load(tmp_path / "cut" / "last.pt")["model"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+    assert resumed["test"]["synthvi-all"]["mean"] == pytest.approx(full["test"]["synthvi-all"]["mean"], abs=1e-4)
+
+
+def test_cli_train_extract_and_eval_features(tmp_path, tiny_root, capsys):
+    rc = main(["train", "--preset", "tiny", "--out", str(tmp_path), "--name", "r", "--no-progress",
+               "--set", "cai.enabled=false", "--set", "train.stage2_epochs=0"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "synthvi-all" in out and "mAP" in out
+    feats = tmp_path / "f.parquet"
+    assert main(["extract", "--checkpoint", str(tmp_path / "r" / "last.pt"), "--dataset", "synthvi",
+                 "--root", str(tiny_root), "--out", str(feats)]) == 0
+    js = tmp_path / "m.json"
+    assert main(["eval-features", "--dataset", "synthvi", "--root", str(tiny_root), "--features", str(feats),
+                 "--mode", "all", "--trials", "2", "--json", str(js)]) == 0
+    data = json.loads(js.read_text())
+    assert set(data["mean"]) == {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"} and len(data["trials"]) == 2
+    # The same model through `dmdl eval` gives the same numbers as its extracted features.
+    js2 = tmp_path / "m2.json"
+    assert main(["eval", "--checkpoint", str(tmp_path / "r" / "last.pt"), "--dataset", "synthvi",
+                 "--root", str(tiny_root), "--mode", "all", "--trials", "2", "--json", str(js2)]) == 0
+    assert json.loads(js2.read_text())["mean"] == pytest.approx(data["mean"], abs=1e-3)
+
+
+def test_cli_refuses_to_overwrite_a_run(tmp_path, tiny_root, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"x")
+    rc = main(["train", "--preset", "tiny", "--out", str(tmp_path), "--name", "r"])
+    assert rc == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_cli_eval_features_reports_missing_images(tmp_path, tiny_root, capsys):
+    import numpy as np
+
+    from dmdl_dist.eval.run import write_features_parquet
+
+    write_features_parquet(tmp_path / "few.parquet", ["cam3/0001/0001.jpg"], np.ones((1, 4), np.float32))
+    rc = main(["eval-features", "--dataset", "synthvi", "--root", str(tiny_root),
+               "--features", str(tmp_path / "few.parquet")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "lacks features for" in err and ".jpg" in err
