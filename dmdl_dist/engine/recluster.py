@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from dmdl_dist.clustering.pseudo_labels import PseudoLabels, make_pseudo_labels, true_identity_labels
 from dmdl_dist.clustering.refine import gmm_confidence
 from dmdl_dist.config import Config
+from dmdl_dist.dist import comm
 from dmdl_dist.engine.extract import extract_features
 from dmdl_dist.engine.step import Memories
 from dmdl_dist.memory import ClusterMemory, centroids
@@ -56,23 +57,31 @@ def refresh(
     """Everything a training epoch needs, computed from the current model."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    feats = [
-        extract_features(
-            model, root, p, height=cfg.data.height, width=cfg.data.width, device=device,
+    local = []
+    for p, name in zip(paths, ("visible", "infrared"), strict=True):
+        start, end = comm.shard_bounds(len(p))  # each rank extracts its own contiguous slice
+        local.append(extract_features(
+            model, root, p[start:end], height=cfg.data.height, width=cfg.data.width, device=device,
             batch_size=cfg.train.eval_batch_size, workers=cfg.data.loader_workers,
             desc=f"extract {name}" if progress else None,
-        )
-        for p, name in zip(paths, ("visible", "infrared"), strict=True)
-    ]
-    timings["extract"] = time.perf_counter() - t0
-    if cfg.train.supervised:
-        labels = true_identity_labels(pids)
-    else:
-        labels = make_pseudo_labels(
-            feats, stage=stage, epoch=epoch, k1=cfg.cluster.k1, k2=cfg.cluster.k2, eps=cfg.cluster.eps,
-            min_samples=cfg.cluster.min_samples, association=cfg.cluster.association,
-        )
+        ))
+    t1 = time.perf_counter()
+    feats = [comm.all_gather_cat(torch.from_numpy(f).to(device)).cpu().numpy() for f in local]
+    timings["extract"], timings["gather"] = t1 - t0, time.perf_counter() - t1
+    # The clustering service: one rank clusters the gathered features, every rank gets the labels.
+    labels = None
+    if comm.is_main():
+        if cfg.train.supervised:
+            labels = true_identity_labels(pids)
+        else:
+            labels = make_pseudo_labels(
+                feats, stage=stage, epoch=epoch, k1=cfg.cluster.k1, k2=cfg.cluster.k2, eps=cfg.cluster.eps,
+                min_samples=cfg.cluster.min_samples, association=cfg.cluster.association,
+            )
+    t2 = time.perf_counter()
+    labels = comm.broadcast_object(labels)
     timings.update(labels.timings)
+    timings["broadcast"] = time.perf_counter() - t2
     for m, name in enumerate(("visible", "infrared")):
         if labels.num_clusters[m] == 0:
             raise RuntimeError(

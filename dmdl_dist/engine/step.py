@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from dmdl_dist.clustering.refine import refined_targets, topk_softmax
 from dmdl_dist.config import Config
+from dmdl_dist.dist.comm import all_gather_cat
 from dmdl_dist.engine.losses import mmd_loss, soft_cross_entropy, triplet_loss
 from dmdl_dist.memory import ClusterMemory
 from dmdl_dist.models.cai import adaptive_momentum, adjusted_log_probs
@@ -132,12 +133,17 @@ def _cai_scorer(memories: Memories, temperature: float):
 
 @torch.no_grad()
 def update_memories(memories: Memories, batches: list[Batch], feats: list[list[torch.Tensor]], cfg: Config) -> None:
-    """Momentum updates after the optimizer step, with every view's features."""
+    """Momentum updates after the optimizer step, with every view's features of every rank.
+
+    Features and labels are gathered first, so every rank applies the same update and the
+    (replicated) memories stay identical.
+    """
     for m, b in enumerate(batches):
-        f = torch.cat(feats[m]).detach()
-        memories.own[m].update(f, b.labels.repeat(len(b.views)))
+        views = len(b.views)
+        f = all_gather_cat(torch.cat(feats[m]).detach())
+        memories.own[m].update(f, all_gather_cat(b.labels.repeat(views)))
         if memories.unified is not None:
             mom = None
             if cfg.cai.enabled and cfg.cai.adaptive_momentum:
-                mom = adaptive_momentum(b.confidence, cfg.memory.momentum).repeat(len(b.views))
-            memories.unified.update(f, b.unified.repeat(len(b.views)), mom)
+                mom = all_gather_cat(adaptive_momentum(b.confidence, cfg.memory.momentum).repeat(views))
+            memories.unified.update(f, all_gather_cat(b.unified.repeat(views)), mom)

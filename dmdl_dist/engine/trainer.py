@@ -23,6 +23,9 @@ from dmdl_dist.data.images import ImageDataset
 from dmdl_dist.data.manifest import INFRARED, VISIBLE
 from dmdl_dist.data.samplers import balanced_batches
 from dmdl_dist.data.transforms import single_view, train_views
+from dmdl_dist.dist import comm
+from dmdl_dist.dist.backend import wrap_model
+from dmdl_dist.dist.session import LocalSession
 from dmdl_dist.engine import checkpoint as ckpt
 from dmdl_dist.engine.data import RunData, load_run_data
 from dmdl_dist.engine.extract import extract_features
@@ -45,11 +48,7 @@ class TrainState:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
-    return torch.device(name)
+    return LocalSession(".").device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -88,7 +87,7 @@ def modality_loaders(data: RunData, ref: Refresh, cfg: Config, *, stage: int, ep
         labels = ref.labels.labels[m] if stage == 1 else ref.labels.unified[m]
         batches = balanced_batches(
             labels, cfg.data.num_pids, cfg.data.num_instances, cfg.train.iters_per_epoch,
-            seed=cfg.train.seed * 100003 + epoch * 2 + m,
+            seed=cfg.train.seed * 100003 + epoch * 2 + m, rank=comm.rank(), world=comm.world_size(),
         )
         loaders.append(
             DataLoader(
@@ -182,86 +181,109 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     echo=print,
+    session: LocalSession | None = None,
 ) -> dict:
-    """Trains, checkpoints every epoch, and evaluates the selected model on the test protocols.
+    """The per-worker function: trains, checkpoints every epoch, evaluates the selected model.
 
-    Model selection never reads the test set: the epoch with the best validation mAP on held-out
-    training identities when data.holdout_val is set, else the last epoch. `stop_after` ends the
-    run after that many epochs in total (as an interruption would), for tests and scheduling.
+    Local mode calls it directly (world size 1); the Ray launcher calls it in every worker with
+    a RaySession. Model selection never reads the test set: the epoch with the best validation
+    mAP on held-out training identities when data.holdout_val is set, else the last epoch.
+    `stop_after` ends the run after that many epochs in total, as an interruption would.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.train.device)
+    session = session or LocalSession(run_dir, resume=resume)
+    main = comm.is_main()
+    progress = progress and main
+    echo = echo if main else _silent
+    device = session.device(cfg.train.device)
     seed_everything(cfg.train.seed)
     data = load_run_data(cfg)
     model = build_model(
         cfg.model.arch, pretrained=cfg.model.pretrained, last_stride=cfg.model.last_stride,
         non_local=cfg.model.non_local, gem_p=cfg.model.gem_p,
     ).to(device)
-    optimizer = make_optimizer(model, cfg)
     state = TrainState()
-    last = run_dir / ckpt.LAST
-    if resume and last.is_file():
-        saved = ckpt.load(last, map_location=device)
+    saved = session.load(device)
+    if saved is not None:
         model.load_state_dict(saved["model"])
-        if stage_of(saved["state"]["epoch"] - 1, cfg)[0] == stage_of(saved["state"]["epoch"], cfg)[0]:
-            optimizer.load_state_dict(saved["optimizer"])
         state = TrainState(**saved["state"])
         echo(f"resumed {run_dir} at epoch {state.epoch + 1}")
-    else:
+    elif main:
         save_config(cfg, run_dir / "config.yaml")
-    total_epochs = cfg.train.stage1_epochs + cfg.train.stage2_epochs
-    echo(f"training on {device}: {len(data.train_paths[0])} visible + {len(data.train_paths[1])} infrared images, "
-         f"{total_epochs} epochs -> {run_dir}")
+    net = wrap_model(model, device)
+    optimizer = make_optimizer(model, cfg)
+    if saved is not None and state.epoch < total_epochs(cfg) and not _stage_starts(state.epoch, cfg):
+        optimizer.load_state_dict(saved["optimizer"])
+    echo(f"training on {device} x {comm.world_size()}: {len(data.train_paths[0])} visible + "
+         f"{len(data.train_paths[1])} infrared images, {total_epochs(cfg)} epochs -> {run_dir}")
 
-    while state.epoch < total_epochs:
+    while state.epoch < total_epochs(cfg):
         epoch = state.epoch
         stage, in_stage = stage_of(epoch, cfg)
-        if stage == 2 and in_stage == 0:
+        if _stage_starts(epoch, cfg) and epoch > 0:
             optimizer = make_optimizer(model, cfg)  # stage 2 starts afresh, as the two-stage recipe does
         seed_everything(cfg.train.seed * 1000 + epoch)  # per-epoch seeding: a resumed run repeats exactly
         set_lr(optimizer, cfg, in_stage)
         t0 = time.perf_counter()
-        ref = refresh(model, str(data.root), data.train_paths, data.train_pids, cfg,
+        ref = refresh(net, str(data.root), data.train_paths, data.train_pids, cfg,
                       stage=stage, epoch=epoch, epoch_in_stage=in_stage, device=device, progress=progress)
         t1 = time.perf_counter()
-        losses = train_one_epoch(model, optimizer, data, ref, cfg, stage=stage, epoch=epoch,
+        losses = train_one_epoch(net, optimizer, data, ref, cfg, stage=stage, epoch=epoch,
                                  epoch_in_stage=in_stage, device=device, progress=progress)
         t2 = time.perf_counter()
-        rec = {
-            "epoch": epoch + 1, "stage": stage, "losses": losses,
-            "clusters": ref.labels.num_clusters,
-            "outliers": [ref.labels.outlier_fraction(m) for m in MODALITIES],
-            "num_unified": ref.labels.num_unified, "association_rate": ref.labels.association_rate(),
-            "time": {"refresh": t1 - t0, "train": t2 - t1, **{f"refresh_{k}": v for k, v in ref.timings.items()}},
-            "images_per_s": cfg.train.iters_per_epoch * sum(
-                cfg.data.num_pids * cfg.data.num_instances * (2 if cfg.cbt.augment else 1) for _ in MODALITIES
-            ) / max(t2 - t1, 1e-9),
-        }
+        rec = _record(cfg, ref, losses, epoch, stage, t0, t1, t2)
         if data.val is not None:
-            val = evaluate_split(model, data, data.val, cfg, device, trials=1, flip=False)
+            val = comm.broadcast_object(
+                evaluate_split(model, data, data.val, cfg, device, trials=1, flip=False) if main else None
+            )
             first = next(iter(val.values()))["mean"]
             rec["val_rank1"], rec["val_mAP"] = first["rank1"], first["mAP"]
             rec["time"]["val"] = time.perf_counter() - t2
             if first["mAP"] > state.best_val:
                 state.best_val, state.best_epoch = first["mAP"], epoch + 1
-                ckpt.save_atomic({"model": ckpt.model_state(model), "epoch": epoch + 1, "config": to_dict(cfg)},
-                                 run_dir / ckpt.BEST)
+                if main:
+                    ckpt.save_atomic({"model": ckpt.model_state(model), "epoch": epoch + 1, "config": to_dict(cfg)},
+                                     run_dir / ckpt.BEST)
         state.history.append(rec)
         state.epoch = epoch + 1
-        ckpt.save_atomic(
+        session.save_epoch(
             {"model": ckpt.model_state(model), "optimizer": optimizer.state_dict(), "state": state.__dict__,
              "config": to_dict(cfg)},
-            last,
+            rec,
         )
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        echo(_epoch_line(rec, total_epochs))
-        if stop_after is not None and state.epoch >= stop_after and state.epoch < total_epochs:
+        echo(_epoch_line(rec, total_epochs(cfg)))
+        if stop_after is not None and state.epoch >= stop_after and state.epoch < total_epochs(cfg):
             echo(f"stopped after epoch {state.epoch}; continue with: dmdl train --resume {run_dir}")
             return {"stopped_at": state.epoch}
 
-    return final_evaluation(model, data, cfg, state, run_dir, device, echo)
+    results = final_evaluation(model, data, cfg, state, run_dir, device, echo) if main else None
+    return comm.broadcast_object(results)
+
+
+def _silent(*_args, **_kwargs) -> None:
+    pass
+
+
+def _stage_starts(epoch: int, cfg: Config) -> bool:
+    return stage_of(epoch, cfg)[1] == 0
+
+
+def total_epochs(cfg: Config) -> int:
+    return cfg.train.stage1_epochs + cfg.train.stage2_epochs
+
+
+def _record(cfg: Config, ref: Refresh, losses: dict, epoch: int, stage: int, t0: float, t1: float, t2: float) -> dict:
+    images = cfg.train.iters_per_epoch * 2 * cfg.data.num_pids * cfg.data.num_instances * comm.world_size()
+    return {
+        "epoch": epoch + 1, "stage": stage, "losses": losses,
+        "clusters": ref.labels.num_clusters,
+        "outliers": [ref.labels.outlier_fraction(m) for m in MODALITIES],
+        "num_unified": ref.labels.num_unified, "association_rate": ref.labels.association_rate(),
+        "time": {"refresh": t1 - t0, "train": t2 - t1, **{f"refresh_{k}": v for k, v in ref.timings.items()}},
+        "images_per_s": images * (2 if cfg.cbt.augment else 1) / max(t2 - t1, 1e-9),
+        "workers": comm.world_size(),
+    }
 
 
 def final_evaluation(model, data: RunData, cfg: Config, state: TrainState, run_dir: Path, device, echo) -> dict:

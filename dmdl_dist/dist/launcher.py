@@ -1,0 +1,61 @@
+"""Runs the per-worker training function on a Ray Train TorchTrainer (Ray 2.60, Train V2 API)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dmdl_dist.config import Config, from_dict, to_dict
+
+
+def _worker(loop_config: dict) -> None:
+    """Inside each Ray worker: the same `train` as local mode, with Ray's session."""
+    from dmdl_dist.dist.session import RaySession
+    from dmdl_dist.engine.trainer import train
+
+    cfg = from_dict(loop_config["config"])
+    run_dir = Path(loop_config["run_dir"])
+    train(cfg, run_dir, progress=loop_config.get("progress", False), session=RaySession(run_dir))
+
+
+def connect(num_cpus: int | None = None) -> None:
+    """Joins a running cluster when there is one (ray.init(address="auto")), else starts a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address="auto", include_dashboard=False)
+    except ConnectionError:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+
+
+def launch(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = False):
+    """Trains with cfg.dist.workers Ray workers; returns Ray's Result.
+
+    Checkpoints go to Ray storage under <storage_path>/<run name> (default: the run folder's
+    parent, so they land in the run folder); re-launching the same run name resumes from the
+    latest one, and FailureConfig restarts the worker group after a worker dies.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    run_dir = Path(run_dir).resolve()
+    connect()
+    d = cfg.dist
+    resources = {"CPU": d.cpus_per_worker}
+    if d.gpus_per_worker > 0:
+        resources["GPU"] = d.gpus_per_worker
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"config": to_dict(cfg), "run_dir": str(run_dir), "progress": progress},
+        scaling_config=ScalingConfig(num_workers=d.workers, use_gpu=d.gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(timeout_s=3600),  # a long clustering refresh must not time out the others
+        run_config=RunConfig(
+            name=run_dir.name,
+            storage_path=d.storage_path or str(run_dir.parent),
+            failure_config=FailureConfig(max_failures=d.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    return trainer.fit()
