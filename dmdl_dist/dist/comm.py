@@ -6,6 +6,10 @@ training function runs unchanged in local mode (fast-reid's utils/comm.py patter
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
 
@@ -69,3 +73,18 @@ def shard_bounds(n: int, rank_: int | None = None, world: int | None = None) -> 
     per, extra = divmod(n, world)
     start = rank_ * per + min(rank_, extra)
     return start, start + per + (1 if rank_ < extra else 0)
+
+
+def fault_point(tag: str) -> None:
+    """Fault injection for the fault-tolerance test: DMDL_FAULT=<tag>:<rank>:<marker file>.
+
+    The named rank SIGKILLs its own process at this point, once (the marker file remembers),
+    as a crashed worker or a lost node would die. Unset, this does nothing.
+    """
+    spec = os.environ.get("DMDL_FAULT")
+    if not spec:
+        return
+    want_tag, want_rank, marker = spec.split(":", 2)
+    if want_tag == tag and int(want_rank) == rank() and not Path(marker).exists():
+        Path(marker).write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -120,7 +120,9 @@ def train_one_epoch(
     loaders = modality_loaders(data, ref, cfg, stage=stage, epoch=epoch)
     bar = tqdm(zip(*loaders, strict=True), total=cfg.train.iters_per_epoch, disable=not progress, leave=False,
                desc=f"epoch {epoch + 1} stage {stage}", unit="it")
-    for step_batches in bar:
+    for step, step_batches in enumerate(bar):
+        if step == 1:
+            comm.fault_point(f"epoch{epoch + 1}")
         batches = []
         for m, (views, idx) in enumerate(step_batches):
             views = list(views) if isinstance(views, (list, tuple)) else [views]
