@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="runs folder (default: run.out_dir, 'runs')")
     p.add_argument("--name", default=None, help="run name (default: preset and time)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="Ray Train workers (default: dist.workers; 0 = local mode, one process, no Ray)")
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: dist.*)")
 
     p = sub.add_parser("synth", help="write the SynthVI data set (SYSU-MM01 layout)")
     p.add_argument("--out", type=Path, required=True)
@@ -73,11 +76,16 @@ def cmd_train(args) -> int:
     from dmdl_dist.config import ConfigError, load_config, load_run_config
     from dmdl_dist.engine.trainer import train
 
+    overrides = list(args.overrides)
+    if args.workers is not None:
+        overrides.append(f"dist.workers={args.workers}")
+    if args.gpus_per_worker is not None:
+        overrides.append(f"dist.gpus_per_worker={args.gpus_per_worker}")
     if args.resume is not None:
-        cfg = load_run_config(args.resume, args.overrides)
+        cfg = load_run_config(args.resume, overrides)
         run_dir = args.resume
     else:
-        cfg = load_config(args.preset, args.config, args.overrides)
+        cfg = load_config(args.preset, args.config, overrides)
         out = args.out or Path(cfg.run.out_dir)
         name = args.name or cfg.run.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = out / name
@@ -86,7 +94,9 @@ def cmd_train(args) -> int:
     if cfg.dist.workers > 0:
         from dmdl_dist.dist.launcher import launch  # the Ray Train path
 
-        launch(cfg, run_dir, resume=args.resume is not None)
+        result = launch(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
+        if result.error is not None:
+            raise result.error
         return 0
     train(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
     return 0
