@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -24,8 +26,9 @@ def test_dbscan_recovers_blobs_and_marks_outliers():
     far = np.eye(16, dtype=np.float32)[:1] * -1  # one point away from every blob
     x = np.vstack([x, far])
     labels = dbscan_labels(jaccard_distance(x, k1=10, k2=1, use_gpu=False), eps=0.6, min_samples=4)
+    assert labels.dtype == np.int64
     assert labels[-1] == -1
-    assert len(set(labels[:-1])) == 5
+    assert sorted(set(labels[:-1])) == [0, 1, 2, 3, 4]
     for c in range(5):
         assert len(set(labels[:-1][truth == c])) == 1
 
@@ -39,6 +42,12 @@ def test_dbscan_ignores_absent_pairs_and_rejects_eps_one():
         dbscan_labels(d, eps=1.0)
 
 
+def test_dbscan_counts_explicit_zeros_as_neighbours():
+    # Points 0 and 1 coincide (stored distance 0): with min_samples 2 they form a cluster.
+    d = sp.csr_matrix(([0.0, 0.0, 0.0, 0.0], ([0, 0, 1, 1], [0, 1, 0, 1])), shape=(3, 3))
+    assert dbscan_labels(d, eps=0.3, min_samples=2).tolist() == [0, 0, -1]
+
+
 def test_nearest_association_directions():
     vis = np.array([[1, 0], [0, 1], [0.8, 0.6]], np.float32)
     ir = np.array([[0, 1], [1, 0]], np.float32)
@@ -46,25 +55,42 @@ def test_nearest_association_directions():
     assert v2i.vis_to_ir.tolist() == [1, 0, 1] and v2i.ir_to_vis.tolist() == [-1, -1]
     i2v = associate_nearest(vis, ir, "i2v")
     assert i2v.ir_to_vis.tolist() == [1, 0] and i2v.vis_to_ir.tolist() == [-1, -1, -1]
-    # v2i: visible 0 and 2 join infrared 1, visible 1 joins infrared 0; 2 shared ids.
+    # v2i: the label space is the infrared clusters; visible 0 and 2 join infrared 1, visible 1 joins 0.
     vu, iu, n = unified_labels(np.array([0, 1, 2, -1]), np.array([1, 0, -1]), v2i)
-    assert n == 2 and vu[0] == vu[2] == iu[0] and vu[1] == iu[1] and vu[3] == -1 and iu[2] == -1
-    # i2v: every visible cluster keeps its own id; infrared clusters take their visible match's.
+    assert n == 2 and iu.tolist() == [1, 0, -1] and vu.tolist() == [1, 0, 1, -1]
+    # i2v: the label space is the visible clusters; infrared clusters take their visible match's id.
     vu, iu, n = unified_labels(np.array([0, 1, 2]), np.array([0, 1]), i2v)
-    assert n == 3 and iu[0] == vu[1] and iu[1] == vu[0] and len(set(vu)) == 3
+    assert n == 3 and vu.tolist() == [0, 1, 2] and iu.tolist() == [1, 0]
     with pytest.raises(ValueError, match="direction"):
         associate_nearest(vis, ir, "both")
 
 
-def test_hungarian_is_one_to_one():
-    vis = np.array([[1, 0], [0.9, 0.436], [0, 1]], np.float32)
-    ir = np.array([[0.95, 0.31], [0, 1]], np.float32)
+def test_nearest_association_uses_cosine_not_raw_inner_product():
+    vis = np.array([[10.0, 0.0]])  # long vector: raw inner products would favour the long infrared one
+    ir = np.array([[0.6, 0.8], [0.0, 5.0], [1.0, 0.1]])
+    assert associate_nearest(vis, ir, "v2i").vis_to_ir.tolist() == [2]
+
+
+def test_hungarian_is_one_to_one_and_optimal():
+    rng = np.random.default_rng(0)
+    vis, ir = rng.normal(size=(4, 8)), rng.normal(size=(3, 8))
     a = associate_hungarian(vis, ir)
-    matched = a.vis_to_ir[a.vis_to_ir >= 0]
-    assert len(matched) == 2 and len(set(matched)) == 2
-    assert all(a.ir_to_vis[a.vis_to_ir[v]] == v for v in np.flatnonzero(a.vis_to_ir >= 0))
-    vu, iu, n = unified_labels(np.arange(3), np.arange(2), a)
-    assert n == 3  # two matched pairs and one visible cluster alone
+    matched = np.flatnonzero(a.vis_to_ir >= 0)
+    assert len(matched) == 3 and sorted(a.vis_to_ir[matched]) == [0, 1, 2]
+    assert all(a.ir_to_vis[a.vis_to_ir[v]] == v for v in matched)
+    unit = lambda m: m / np.linalg.norm(m, axis=1, keepdims=True)  # noqa: E731
+    cost = np.exp(-unit(vis) @ unit(ir).T)
+    best = min(sum(cost[p[c], c] for c in range(3)) for p in itertools.permutations(range(4), 3))
+    assert np.isclose(sum(cost[v, a.vis_to_ir[v]] for v in matched), best)
+    vu, iu, n = unified_labels(np.arange(4), np.arange(3), a)
+    assert n == 4  # three matched pairs and one visible cluster alone
+    assert sorted(set(vu.tolist())) == [0, 1, 2, 3] and all(iu[c] == vu[a.ir_to_vis[c]] for c in range(3))
+
+
+def test_unified_labels_rejects_unknown_clusters():
+    a = associate_nearest(np.eye(2), np.eye(2), "v2i")
+    with pytest.raises(ValueError, match="clusters"):
+        unified_labels(np.array([0, 2]), np.array([0, 1]), a)
 
 
 def test_pseudo_labels_stage2_share_identities_across_modalities():

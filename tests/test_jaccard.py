@@ -74,6 +74,17 @@ def test_matches_dense_reference(n, d, centres, k1, k2):
     assert np.allclose(got.diagonal(), 0, atol=1e-6)
 
 
+def test_small_blocks_give_the_same_distances(monkeypatch):
+    import dmdl_dist.clustering.jaccard as jaccard
+
+    x = clustered(150, 32, 10, seed=162)
+    whole = jaccard_distance(x, k1=12, k2=4, use_gpu=False)
+    monkeypatch.setattr(jaccard, "_PAIR_BLOCK", 100)  # one or two rows per block
+    pieces = jaccard_distance(x, k1=12, k2=4, use_gpu=False)
+    assert abs(whole - pieces).max() < 1e-7 and whole.nnz == pieces.nnz
+    assert np.abs(filled(pieces) - dense_reference(x, 12, 4)).max() < 1e-5
+
+
 def test_symmetric():
     got = jaccard_distance(clustered(200, 16, 10, seed=5), k1=10, k2=4, use_gpu=False)
     assert abs(got - got.T).max() < 1e-6

@@ -4,18 +4,19 @@ k-reciprocal Encoding", CVPR 2017), sparse, exact, and equal to the field's code
 The field's implementation (faiss_rerank.compute_jaccard_distance of cluster-contrast, used
 as is by DMDL) fills dense N x N matrices in Python loops: 14.6 GB and 93 s at N = 34k. Only
 pairs whose encodings share support are below distance 1, so here every step is a vectorised
-operation on CSR matrices with O(N k) entries. For unit features x and lists taken from one
-k-NN search `rank` (row i: the nearest points of i, itself first):
+operation on CSR matrices with O(N k) entries. For unit features x and `rank`, the k-NN lists
+of the field's search (row i: the k1 nearest points of i, itself first):
 
 1. R(i, k) = {j in rank[i, :k+1] : i in rank[j, :k+1]}.
 2. Expansion: R*(i) = R(i, k1) united with R(c, h) for every c in R(i, k1) such that
-   |R(c, h) & R(i, k1)| > 2/3 |R(c, h)|, where h = round(k1 / 2) (numpy's half-to-even).
+   |R(c, h) & R(i, k1)| > 2/3 |R(c, h)|, where h = round(k1 / 2) (half to even, as numpy).
 3. V[i, j] = softmax over j in R*(i) of -(2 - 2 <x_i, x_j>); 0 elsewhere.
 4. Query expansion: V[i] <- mean of V over rank[i, :k2].
 5. d(i, j) = 1 - s / (2 - s), s = sum_l min(V[i, l], V[j, l]).
 
-The field's code searches only k1 neighbours (itself included), so `rank[i, :k1+1]` holds k1
-entries, not the k1 + 1 of Zhong's paper; we keep that, since its k1 values were tuned with it.
+Since the field searches only k1 neighbours, rank[i, :k1+1] in step 1 holds k1 points (i and
+k1 - 1 others), not the k1 + 1 of Zhong's paper, while rank[i, :h+1] holds h + 1. We keep that:
+DMDL's k1 values were tuned with it, and its pseudo-labels are what we reproduce.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import scipy.sparse as sp
 from dmdl_dist.clustering.knn import knn
 
 # Contributions (row entry x column entry pairs) handled at once in step 5: bounds its scratch
-# memory to about 40 bytes each, ~80 MB, whatever N is.
-_PAIR_BLOCK = 2_000_000
+# memory, about 60 bytes each, whatever N is.
+_PAIR_BLOCK = 1_000_000
 
 
 def _pattern(rows: np.ndarray, cols: np.ndarray, n: int) -> sp.csr_matrix:
@@ -61,7 +62,7 @@ def _expand(r1: sp.csr_matrix, rh: sp.csr_matrix) -> sp.csr_matrix:
 
 def _similarities(x: np.ndarray, sims: np.ndarray, rank: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """<x_row, x_col> for each pair, read from the k-NN search where it found the pair, computed otherwise."""
-    n, width = rank.shape
+    n = rank.shape[0]
     keys = (np.arange(n, dtype=np.int64)[:, None] * n + rank).ravel()  # N*K: row-major pair keys
     order = np.argsort(keys)
     keys = keys[order]
@@ -96,42 +97,35 @@ def _pair_distances(v: sp.csr_matrix) -> sp.csr_matrix:
     """
     n = v.shape[0]
     col = v.tocsc()
-    col_len = np.diff(col.indptr)
-    per_entry = col_len[v.indices]  # contributions of each entry of V
+    per_entry = np.diff(col.indptr)[v.indices]  # contributions of each entry of V
     before = np.concatenate(([0], np.cumsum(per_entry)))[v.indptr]  # N+1: contributions before row i
     eye = sp.identity(n, dtype=np.float64, format="csr")
+    # Sized for every contribution, an upper bound of the pairs: pages past the pairs written
+    # are never touched, so they cost address space, not memory.
+    indices = np.empty(before[-1], np.int32)
+    data = np.empty(before[-1], np.float32)
     indptr = np.zeros(n + 1, np.int64)
-    blocks = []
     r0 = 0
     while r0 < n:
-        r1 = max(r0 + 1, int(np.searchsorted(before, before[r0] + _PAIR_BLOCK, side="right")) - 1)
-        r1 = min(r1, n)
+        r1 = min(n, max(r0 + 1, int(np.searchsorted(before, before[r0] + _PAIR_BLOCK, side="right")) - 1))
         p0, p1 = v.indptr[r0], v.indptr[r1]
         reps = per_entry[p0:p1]
         first = col.indptr[v.indices[p0:p1]] - (np.cumsum(reps) - reps)  # column start, shifted
         pos = np.arange(int(reps.sum())) + np.repeat(first, reps)  # B: positions in the CSC arrays
         mins = np.minimum(np.repeat(v.data[p0:p1], reps), col.data[pos])  # B
         block = sp.csr_matrix((mins, col.indices[pos], before[r0 : r1 + 1] - before[r0]), shape=(r1 - r0, n)) @ eye
-        s = block.data
-        dist = np.maximum(1.0 - s / (2.0 - s), 0.0).astype(np.float32)
-        blocks.append((block.indices.astype(np.int32), dist))
-        indptr[r0 + 1 : r1 + 1] = indptr[r0] + block.indptr[1:]
+        at = indptr[r0]
+        indptr[r0 + 1 : r1 + 1] = at + block.indptr[1:]
+        indices[at : indptr[r1]] = block.indices
+        data[at : indptr[r1]] = np.maximum(1.0 - block.data / (2.0 - block.data), 0.0)
         r0 = r1
-    # Filled block by block and freed as it goes: np.empty pages only count once written.
-    indices = np.empty(indptr[-1], np.int32)
-    data = np.empty(indptr[-1], np.float32)
-    at = 0
-    while blocks:
-        idx, dist = blocks.pop(0)
-        indices[at : at + len(idx)] = idx
-        data[at : at + len(idx)] = dist
-        at += len(idx)
+    # Shrunk in place (realloc): scipy would copy a slice of a much larger array.
+    indices.resize(indptr[-1], refcheck=False)
+    data.resize(indptr[-1], refcheck=False)
     return sp.csr_matrix((data, indices, indptr), shape=(n, n))
 
 
-def jaccard_distance(
-    features: np.ndarray, k1: int = 30, k2: int = 6, *, use_gpu: bool | None = None
-) -> sp.csr_matrix:
+def jaccard_distance(features: np.ndarray, k1: int = 30, k2: int = 6, *, use_gpu: bool | None = None) -> sp.csr_matrix:
     """Sparse k-reciprocal Jaccard distances of unit features (N x D float32).
 
     Returns an N x N float32 CSR matrix storing every pair whose distance is below 1, the
@@ -151,8 +145,8 @@ def jaccard_distance(
     n = x.shape[0]
     if n == 0:
         return sp.csr_matrix((0, 0), dtype=np.float32)
-    length = min(k1, n)  # the field's list length: k1, itself included
-    half = min(int(np.around(k1 / 2)) + 1, length)
+    length = min(k1, n)  # lists of step 1 for R(i, k1): k1 points, itself included
+    half = min(int(np.around(k1 / 2)) + 1, length)  # and for R(c, h): h + 1 points
     # Searching past k1 costs little and spares most dot products of steps 2-3.
     sims, rank = knn(x, min(n, 2 * k1 + 1), use_gpu=use_gpu)
     v = _encode(x, sims, rank, _expand(_reciprocal(rank, length), _reciprocal(rank, half)))

@@ -21,15 +21,18 @@ def gpu_available() -> bool:
 
 
 def knn(features: np.ndarray, k: int, *, use_gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The k most similar rows of each row (itself included), by inner product.
+    """The k most similar rows of each row (itself included), by exact inner product.
 
-    features: N x D float32 with unit rows -> (sims N x k float32, idx N x k int64), best first.
-    use_gpu: None picks the GPU when faiss has one; True insists; False forces the CPU.
+    features: N x D float32 with unit rows -> (sims N x k float32, idx N x k int64), best first;
+    k is clipped to N. use_gpu: None picks the GPU when faiss has one (faiss.knn_gpu, brute
+    force, k at most 2048 there); True insists; False forces the CPU (faiss.knn, BLAS).
     """
     faiss = _faiss()
     x = np.ascontiguousarray(features, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"features must be N x D, got shape {x.shape}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
     k = int(min(k, x.shape[0]))
     if use_gpu is None:
         use_gpu = gpu_available()
