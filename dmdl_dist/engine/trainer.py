@@ -121,7 +121,7 @@ def train_one_epoch(
     bar = tqdm(zip(*loaders, strict=True), total=cfg.train.iters_per_epoch, disable=not progress, leave=False,
                desc=f"epoch {epoch + 1} stage {stage}", unit="it")
     for step, step_batches in enumerate(bar):
-        if step == 1:
+        if step == cfg.train.iters_per_epoch - 1:
             comm.fault_point(f"epoch{epoch + 1}")
         batches = []
         for m, (views, idx) in enumerate(step_batches):
