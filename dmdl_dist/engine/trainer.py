@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from dmdl_dist.config import Config, save_config, to_dict
 from dmdl_dist.data.images import ImageDataset
-from dmdl_dist.data.manifest import INFRARED, VISIBLE
+from dmdl_dist.data.manifest import INFRARED, VISIBLE, columns
 from dmdl_dist.data.samplers import balanced_batches
 from dmdl_dist.data.transforms import single_view, train_views
 from dmdl_dist.dist import comm
@@ -151,8 +151,6 @@ def train_one_epoch(
 
 
 def evaluate_split(model, data: RunData, manifest, cfg: Config, device, *, trials: int, flip: bool = True) -> dict:
-    from dmdl_dist.data.manifest import columns
-
     feats = extract_features(
         model, data.root, list(columns(manifest)["path"]), height=cfg.data.height, width=cfg.data.width,
         device=device, batch_size=cfg.train.eval_batch_size, workers=cfg.data.loader_workers, flip=flip,
