@@ -62,6 +62,7 @@ class ClusterConfig:
 class MemoryConfig:
     momentum: float = 0.2
     temperature: float = 0.05
+    sharded: bool = False  # split centroids across workers by cluster-id range (PartialFC); no effect locally
 
 
 @dataclass

@@ -88,3 +88,61 @@ def fault_point(tag: str) -> None:
     if want_tag == tag and int(want_rank) == rank() and not Path(marker).exists():
         Path(marker).write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather_cat with a gradient: backward sums every rank's gradient and keeps this rank's rows."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        sizes = all_gather_cat(torch.tensor([t.shape[0]], device=t.device))
+        ctx.start = int(sizes[: rank()].sum())
+        ctx.end = ctx.start + t.shape[0]
+        return all_gather_cat(t)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.start : ctx.end]
+
+
+def gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, slice]:
+    """(rows of every rank, this rank's slice of them); gradients reach each rank's own rows.
+
+    The PartialFC all-gather: each rank scores all gathered rows against its memory shard, and
+    the backward pass sums the partial gradients of every rank (each objective term must then
+    be counted once across ranks; see memory/sharded_loss.py).
+    """
+    if not is_distributed():
+        return t, slice(0, t.shape[0])
+    out = _GatherWithGrad.apply(t)
+    sizes = all_gather_cat(torch.tensor([t.shape[0]], device=t.device))
+    start = int(sizes[: rank()].sum())
+    return out, slice(start, start + t.shape[0])
+
+
+class _ReplicatedSum(torch.autograd.Function):
+    """Sum over ranks whose result every rank uses: backward sums the ranks' upstream gradients."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def replicated_sum(t: torch.Tensor) -> torch.Tensor:
+    return _ReplicatedSum.apply(t) if is_distributed() else t

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from dmdl_dist.config import Config, from_dict, to_dict
@@ -29,33 +30,47 @@ def connect(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, include_dashboard=False)
 
 
-def launch(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = False):
-    """Trains with cfg.dist.workers Ray workers; returns Ray's Result.
+def make_trainer(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    name: str | None = None,
+    storage_path: str | None = None,
+    callbacks: Sequence = (),
+    progress: bool = False,
+):
+    """The TorchTrainer of one run, not yet fitted (Tune's driver functions build theirs here too).
 
-    Checkpoints go to Ray storage under <storage_path>/<run name> (default: the run folder's
-    parent, so they land in the run folder); re-launching the same run name resumes from the
-    latest one, and FailureConfig restarts the worker group after a worker dies.
+    Checkpoints go to Ray storage under <storage_path>/<name> (defaults: cfg.dist.storage_path or
+    the run folder's parent, and the run folder's name, so they land in the run folder); fitting
+    a trainer with the same name and storage path again resumes from its latest checkpoint, and
+    FailureConfig restarts the worker group after a worker dies.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     run_dir = Path(run_dir).resolve()
-    connect()
     d = cfg.dist
     resources = {"CPU": d.cpus_per_worker}
     if d.gpus_per_worker > 0:
         resources["GPU"] = d.gpus_per_worker
-    trainer = TorchTrainer(
+    return TorchTrainer(
         _worker,
         train_loop_config={"config": to_dict(cfg), "run_dir": str(run_dir), "progress": progress},
         scaling_config=ScalingConfig(num_workers=d.workers, use_gpu=d.gpus_per_worker > 0,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(timeout_s=3600),  # a long clustering refresh must not time out the others
         run_config=RunConfig(
-            name=run_dir.name,
-            storage_path=d.storage_path or str(run_dir.parent),
+            name=name or run_dir.name,
+            storage_path=storage_path or d.storage_path or str(run_dir.parent),
             failure_config=FailureConfig(max_failures=d.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
         ),
     )
-    return trainer.fit()
+
+
+def launch(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = False):
+    """Trains with cfg.dist.workers Ray workers; returns Ray's Result."""
+    connect()
+    return make_trainer(cfg, run_dir, progress=progress).fit()

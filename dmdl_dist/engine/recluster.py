@@ -15,7 +15,7 @@ from dmdl_dist.config import Config
 from dmdl_dist.dist import comm
 from dmdl_dist.engine.extract import extract_features
 from dmdl_dist.engine.step import Memories
-from dmdl_dist.memory import ClusterMemory, centroids
+from dmdl_dist.memory import ClusterMemory, ShardedClusterMemory, centroids
 from dmdl_dist.models.cai import modality_prior
 
 
@@ -39,6 +39,19 @@ def label_confidence(
     losses = F.cross_entropy(memory.logits(features[keep]), lab, reduction="none").cpu().numpy()
     conf[keep] = gmm_confidence(losses, groups=labels[keep] if scope == "cluster" else None)
     return conf
+
+
+def shard_memories(memories: Memories) -> Memories:
+    """Keeps only this rank's slice of every memory (the full ones are dropped after the refresh).
+
+    Every rank builds the full centroids from the gathered features once per refresh (the GMM
+    confidence scores every training sample against them); between refreshes each holds C / N.
+    """
+    def cut(mem: ClusterMemory) -> ShardedClusterMemory:
+        return ShardedClusterMemory.from_full(mem.centroids, temperature=mem.temperature, momentum=mem.momentum)
+
+    return Memories(own=[cut(m) for m in memories.own], unified=memories.unified and cut(memories.unified),
+                    to_unified=memories.to_unified, prior=memories.prior)
 
 
 def refresh(
@@ -113,5 +126,7 @@ def refresh(
         ]
     else:
         confidence = [np.ones(lab.shape[0], dtype=np.float32) for lab in labels.labels]
+    if cfg.memory.sharded:
+        memories = shard_memories(memories)
     timings["memory"] = time.perf_counter() - t0
     return Refresh(labels=labels, confidence=confidence, memories=memories, timings=timings)

@@ -11,8 +11,11 @@ from dmdl_dist.clustering.refine import refined_targets, topk_softmax
 from dmdl_dist.config import Config
 from dmdl_dist.dist.comm import all_gather_cat
 from dmdl_dist.engine.losses import mmd_loss, soft_cross_entropy, triplet_loss
-from dmdl_dist.memory import ClusterMemory
+from dmdl_dist.memory import ClusterMemory, ShardedClusterMemory
+from dmdl_dist.memory.sharded_loss import sharded_cai_contrast, sharded_contrast
 from dmdl_dist.models.cai import adaptive_momentum, adjusted_log_probs
+
+Memory = ClusterMemory | ShardedClusterMemory
 
 
 @dataclass
@@ -27,8 +30,8 @@ class Batch:
 
 @dataclass
 class Memories:
-    own: list[ClusterMemory]  # one per modality
-    unified: ClusterMemory | None = None  # stage 2
+    own: list[Memory]  # one per modality
+    unified: Memory | None = None  # stage 2
     to_unified: list[torch.Tensor] | None = None  # per modality: cluster -> unified id
     prior: torch.Tensor | None = None  # P(m) for CAI
 
@@ -50,6 +53,21 @@ def _contrast(feats: list[torch.Tensor], scorer, labels, lam, topk: int, refine:
         target = _refined(other, labels, lam, topk, refine)
         losses.append(soft_cross_entropy(lg, target))
     return torch.stack(losses).mean()
+
+
+def _memory_loss(feats: list[torch.Tensor], memory: Memory, labels, lam, topk: int, refine: bool) -> torch.Tensor:
+    if isinstance(memory, ShardedClusterMemory):
+        return sharded_contrast(feats, memory, labels, lam, topk, refine)
+    return _contrast(feats, memory.logits, labels, lam, topk, refine)
+
+
+def _cai_loss(feats: list[torch.Tensor], memories: Memories, labels, lam, cfg: Config, topk: int) -> torch.Tensor:
+    if isinstance(memories.unified, ShardedClusterMemory):
+        return sharded_cai_contrast(feats, memories.own, memories.to_unified, memories.prior,
+                                    memories.unified.num_clusters, cfg.cai.temperature, labels, lam, topk,
+                                    cfg.cbt.refine)
+    scorer = _cai_scorer(memories, cfg.cai.temperature)
+    return _contrast(feats, scorer, labels, lam, topk, cfg.cbt.refine)
 
 
 def train_step(
@@ -82,7 +100,7 @@ def train_step(
     refine = cfg.cbt.refine
     losses: dict[str, torch.Tensor] = {}
     own = [
-        _contrast(per_mod_unit[m], memories.own[m].logits, b.labels, b.confidence, topk, refine)
+        _memory_loss(per_mod_unit[m], memories.own[m], b.labels, b.confidence, topk, refine)
         for m, b in enumerate(batches)
     ]
     losses["memory"] = torch.stack(own).sum()
@@ -105,10 +123,9 @@ def train_step(
     if stage == 2:
         cross, cai = [], []
         for m, b in enumerate(batches):
-            cross.append(_contrast(per_mod_unit[m], memories.unified.logits, b.unified, b.confidence, topk, refine))
+            cross.append(_memory_loss(per_mod_unit[m], memories.unified, b.unified, b.confidence, topk, refine))
             if cfg.cai.enabled:
-                scorer = _cai_scorer(memories, cfg.cai.temperature)
-                cai.append(_contrast(per_mod_unit[m], scorer, b.unified, b.confidence, topk, refine))
+                cai.append(_cai_loss(per_mod_unit[m], memories, b.unified, b.confidence, cfg, topk))
         losses["cross"] = torch.stack(cross).sum()
         if cai:
             losses["cai"] = cfg.cai.weight * torch.stack(cai).sum()

@@ -1,3 +1,4 @@
-from dmdl_dist.memory.cluster_memory import ClusterMemory, centroids
+from dmdl_dist.memory.cluster_memory import ClusterMemory, centroids, momentum_update
+from dmdl_dist.memory.sharded import ShardedClusterMemory, reshard
 
-__all__ = ["ClusterMemory", "centroids"]
+__all__ = ["ClusterMemory", "ShardedClusterMemory", "centroids", "momentum_update", "reshard"]

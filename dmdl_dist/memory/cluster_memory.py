@@ -24,6 +24,34 @@ def centroids(features: torch.Tensor, labels: torch.Tensor, num_clusters: int) -
     return F.normalize(sums, dim=1)
 
 
+@torch.no_grad()
+def momentum_update(
+    memory: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor, momentum: torch.Tensor | float
+) -> None:
+    """In place: m_c <- normalise(mom * m_c + (1 - mom) * mean of the batch features labelled c).
+
+    memory: C x D; feats: B x D; labels: B (rows < 0 or >= C are skipped, which lets a shard
+    receive every rank's batch with labels shifted to its own range). `momentum` may be per
+    sample (B,): a cluster then uses the mean momentum of its samples, which lets
+    low-confidence samples barely move it (DMDL's confidence-adaptive update). Vectorised with
+    index_add_.
+    """
+    C = memory.shape[0]
+    keep = (labels >= 0) & (labels < C)
+    mom = torch.as_tensor(momentum, dtype=torch.float32, device=feats.device)
+    mom = mom.expand(labels.shape[0]) if mom.dim() == 0 else mom
+    feats, labels, mom = feats[keep].detach().float(), labels[keep], mom[keep]
+    if labels.numel() == 0:
+        return
+    count = feats.new_zeros(C).index_add_(0, labels, torch.ones_like(mom))  # C
+    mean = feats.new_zeros(C, feats.shape[1]).index_add_(0, labels, feats)  # C x D
+    mom_c = feats.new_zeros(C).index_add_(0, labels, mom)  # C
+    touched = count > 0
+    mean = mean[touched] / count[touched, None]
+    m = (mom_c[touched] / count[touched])[:, None]
+    memory[touched] = F.normalize(m * memory[touched] + (1 - m) * mean, dim=1)
+
+
 class ClusterMemory:
     """Centroids C x D with a momentum update: m <- normalise(mom * m + (1 - mom) * mean(batch f of m))."""
 
@@ -46,27 +74,11 @@ class ClusterMemory:
 
     @torch.no_grad()
     def update(self, feats: torch.Tensor, labels: torch.Tensor, momentum: torch.Tensor | float | None = None) -> None:
-        """Moves each touched centroid towards the mean of its batch features.
+        """Moves each touched centroid towards the mean of its batch features (see `momentum_update`).
 
-        `momentum` may be per sample (B,): a cluster then uses the mean momentum of its samples,
-        which lets low-confidence samples barely move it (DMDL's confidence-adaptive update).
-        Vectorised with index_add_; callers pass features gathered from every rank so that
-        all ranks apply the same update.
+        Callers pass features gathered from every rank so that all ranks apply the same update.
         """
-        keep = labels >= 0
-        feats, labels = feats[keep].detach().float(), labels[keep]
-        if labels.numel() == 0:
-            return
-        mom = torch.as_tensor(self.momentum if momentum is None else momentum, dtype=feats.dtype, device=feats.device)
-        mom = mom.expand(labels.shape[0]) if mom.dim() == 0 else mom[keep]
-        C = self.num_clusters
-        count = feats.new_zeros(C).index_add_(0, labels, torch.ones_like(mom))  # C
-        mean = feats.new_zeros(C, feats.shape[1]).index_add_(0, labels, feats)  # C x D
-        mom_c = feats.new_zeros(C).index_add_(0, labels, mom)
-        touched = count > 0
-        mean = mean[touched] / count[touched, None]
-        m = (mom_c[touched] / count[touched])[:, None]
-        self.centroids[touched] = F.normalize(m * self.centroids[touched] + (1 - m) * mean, dim=1)
+        momentum_update(self.centroids, feats, labels, self.momentum if momentum is None else momentum)
 
     def state_dict(self) -> dict:
         return {"centroids": self.centroids.cpu(), "temperature": self.temperature, "momentum": self.momentum}
