@@ -97,9 +97,21 @@ def cmd_train(args) -> int:
         result = launch(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
         if result.error is not None:
             raise result.error
+        _print_run_results(run_dir)
         return 0
     train(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
     return 0
+
+
+def _print_run_results(run_dir: Path) -> None:
+    from dmdl_dist.eval.protocols import format_table
+
+    path = Path(run_dir) / "results.json"
+    if path.is_file():
+        results = json.loads(path.read_text())
+        print(f"\nmodel: {results['selected']}; test protocols:")
+        print(format_table(results["test"]))
+    print(f"run folder: {run_dir}")
 
 
 def cmd_synth(args) -> int:

@@ -2,6 +2,7 @@
 
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,7 +97,49 @@ def test_killed_worker_resumes_from_last_checkpoint_and_finishes(tmp_path, tiny_
     assert result.error is None, repr(result.error)
     assert result.metrics["epoch"] == 2
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    # Epoch 2 is redone after the kill. Epoch 1 normally comes from its checkpoint ([1, 2]); when the
-    # kill beats Ray's registration of that checkpoint the group restarts from scratch ([1, 1, 2]).
-    assert epochs[-1] == 2 and epochs.count(2) == 1 and set(epochs) == {1, 2}
+    # Epoch 2 is redone after the kill, epoch 1 is not: it comes from Ray's checkpoint or, when the kill
+    # beats Ray's registration of that checkpoint, from the run folder's copy of this launch.
+    assert epochs == [1, 2]
     assert (tmp_path / "run" / "results.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_ray_workers_deepspeed_bf16_sharded_memory_train_resume_and_evaluate(tmp_path, tiny_root):
+    import json
+
+    import ray
+
+    from dmdl_dist.dist.launcher import launch
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"DMDL_CACHE": os.environ["DMDL_CACHE"]}})
+    try:
+        base = ["dist.workers=2", "dist.cpus_per_worker=0.5", "dist.backend=deepspeed", "dist.zero_stage=2",
+                "dist.precision=bf16", "memory.sharded=true"]
+        first = launch(load_config("tiny", overrides=base), tmp_path / "run")
+        assert first.error is None, repr(first.error)
+        with first.checkpoint.as_directory() as folder:
+            ranks = sorted(p.name for p in (Path(folder) / "ranks" / "epoch").iterdir())
+        # ZeRO-2 partitions the optimizer: each rank wrote its own part into the one checkpoint
+        assert "zero_pp_rank_0_mp_rank_00_optim_states.pt" in ranks and "zero_pp_rank_1_mp_rank_00_optim_states.pt" in ranks
+        # the same run name resumes from its checkpoint: one more stage-2 epoch, optimizer state reloaded
+        more = launch(load_config("tiny", overrides=[*base, "train.stage2_epochs=2"]), tmp_path / "run")
+    finally:
+        ray.shutdown()
+    assert more.error is None, repr(more.error)
+    assert more.metrics["epoch"] == 3 and more.metrics["workers"] == 2
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert 0 <= results["test"]["synthvi-all"]["mean"]["mAP"] <= 100
+
+
+def test_progress_line_names_losses_clusters_and_speed():
+    from dmdl_dist.dist.progress import progress_line
+
+    line = progress_line({"epoch": 2, "stage": 2, "losses.memory": 1.5, "losses.cai": 0.25, "clusters.0": 12,
+                          "clusters.1": 9, "association_rate": 0.5, "time.refresh": 3.0, "time.train": 4.0,
+                          "images_per_s": 123.4, "workers": 2, "val_rank1": 10.0, "val_mAP": 7.5}, 4)
+    for part in ("epoch   2/4", "memory 1.500", "cai 0.250", "clusters V 12 I 9", "assoc 50%", "refresh 3.0s",
+                 "123 img/s x 2 workers", "mAP 7.5"):
+        assert part in line, part

@@ -1,21 +1,156 @@
-"""Wraps the network for data-parallel training; the memories stay outside the wrapper.
+"""The data-parallel engines: DDP (NCCL on GPU, gloo on CPU) or DeepSpeed ZeRO-1/2, behind one interface.
 
-DDP's broadcast_buffers would overwrite buffers from rank 0 at every forward, and DeepSpeed
-casts a module's buffers to half precision: the cluster memories are therefore plain tensors
-held by the trainer, never attributes of the wrapped module.
+The training loop calls an Engine only: forward, step, learning rate, optimizer reset, state.
+The cluster memories stay outside both engines: DDP's broadcast_buffers would overwrite a
+buffer from rank 0 at every forward and DeepSpeed casts the module it wraps, so the memories
+are plain tensors held by the trainer and updated explicitly (memory/).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections import defaultdict
+from pathlib import Path
+
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from dmdl_dist.config import Config, ConfigError
 from dmdl_dist.dist import comm
 
+log = logging.getLogger("dmdl_dist")
+DEEPSPEED_TAG = "epoch"  # one DeepSpeed tag per checkpoint folder
 
-def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """DDP when a process group with more than one rank exists, the model itself otherwise."""
-    if comm.world_size() == 1:
-        return model
-    device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+
+def _params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class Engine:
+    """DDP (or the bare module when the world size is 1) with Adam; bf16 through torch.autocast."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, cfg: Config):
+        self.model = model  # the bare module: state dicts, evaluation, feature extraction
+        self.device = device
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dist.precision]
+        self.net = self._wrap(model, device, cfg)
+        self.optimizer = self._optimizer(cfg)
+
+    def _wrap(self, model, device, cfg):
+        if cfg.dist.precision == "fp16":
+            raise ConfigError("dist.precision=fp16 needs loss scaling: use dist.backend=deepspeed, or bf16")
+        if comm.world_size() == 1:
+            return model
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def _optimizer(self, cfg: Config) -> torch.optim.Optimizer:
+        return torch.optim.Adam(_params(self.model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+    def __call__(self, images: torch.Tensor):
+        ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+        with ctx:
+            return self.net(images)
+
+    def train(self, mode: bool = True) -> Engine:
+        self.model.train(mode)
+        return self
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def reset_optimizer(self) -> None:
+        """Forgets the Adam moments: stage 2 starts its optimizer afresh, as the two-stage recipe does."""
+        self.optimizer.state = defaultdict(dict)
+
+    def optimizer_state(self) -> dict | None:
+        return self.optimizer.state_dict()
+
+    def load_optimizer(self, state: dict | None, folder: Path | None) -> None:
+        if state is not None:
+            self.optimizer.load_state_dict(state)
+
+    def save_rank_files(self, folder: Path) -> None:
+        """Files each rank writes into the checkpoint folder itself (none for DDP: rank 0 saves all)."""
+
+
+class DeepSpeedEngine(Engine):
+    """DeepSpeed ZeRO stage 1 or 2 with torch's Adam; bf16 by DeepSpeed's torch_autocast, fp16 with loss scaling.
+
+    Imported inside the worker (an import-time crash in CPU-only actors was reported with some
+    triton versions). Adam with L2 weight decay (adam_w_mode false, "torch_adam": true) is the
+    same optimizer as the DDP engine's, so the backend changes nothing else.
+    """
+
+    def _wrap(self, model, device, cfg):
+        import deepspeed
+
+        d = cfg.dist
+        if d.zero_stage not in (1, 2):
+            raise ConfigError(f"dist.zero_stage must be 1 or 2 (ZeRO-3 shards the module itself), got {d.zero_stage}")
+        if d.precision == "fp16" and device.type != "cuda":
+            raise ConfigError("dist.precision=fp16 needs a CUDA device; on CPU use bf16 or fp32")
+        if not comm.is_distributed():
+            raise ConfigError("dist.backend=deepspeed runs under Ray Train: add --workers N (N >= 1)")
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        views = 2 if cfg.cbt.augment else 1
+        config = {
+            "train_micro_batch_size_per_gpu": 2 * cfg.data.num_pids * cfg.data.num_instances * views,
+            "gradient_accumulation_steps": 1,
+            "optimizer": {"type": "Adam", "params": {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay,
+                                                     "torch_adam": True, "adam_w_mode": False}},
+            "zero_optimization": {"stage": d.zero_stage},
+            "torch_autocast": {"enabled": d.precision == "bf16", "dtype": "bfloat16"},
+            "fp16": {"enabled": d.precision == "fp16"},
+            "steps_per_print": 10**9,
+        }
+        model.to(memory_format=torch.contiguous_format)  # DeepSpeed flattens parameters: no channels_last
+        if d.precision == "fp16":
+            model.half()  # DeepSpeed's fp16 mode trains a half module with fp32 master weights
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=_params(model), config=config)
+        self._ds_optimizer = optimizer
+        return engine
+
+    def _optimizer(self, cfg: Config):
+        return self._ds_optimizer
+
+    def __call__(self, images: torch.Tensor):
+        return self.net(images.to(next(self.model.parameters()).dtype))
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.net.backward(loss)
+        self.net.step()
+
+    def reset_optimizer(self) -> None:
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # ZeRO wraps torch's Adam
+        inner.state = defaultdict(dict)
+
+    def optimizer_state(self) -> dict | None:
+        return None  # partitioned across ranks: each rank saves its part (save_rank_files)
+
+    def save_rank_files(self, folder: Path) -> None:
+        self.net.save_checkpoint(str(folder), tag=DEEPSPEED_TAG)
+
+    def load_optimizer(self, state: dict | None, folder: Path | None) -> None:
+        files = folder and Path(folder) / DEEPSPEED_TAG
+        if files is None or not files.is_dir():
+            log.warning("no DeepSpeed optimizer state in the checkpoint: resuming with a fresh optimizer")
+            return
+        saved_world = len(list(files.glob("zero_pp_rank_*_optim_states.pt")))
+        if saved_world != comm.world_size():
+            log.warning(f"the checkpoint's optimizer state is partitioned for {saved_world} workers, this run has "
+                        f"{comm.world_size()}: resuming the weights with a fresh optimizer")
+            return
+        self.net.load_checkpoint(str(folder), tag=DEEPSPEED_TAG, load_module_strict=True,
+                                 load_optimizer_states=True, load_lr_scheduler_states=False)
+
+
+def build_engine(model: torch.nn.Module, device: torch.device, cfg: Config) -> Engine:
+    cls = DeepSpeedEngine if cfg.dist.backend == "deepspeed" else Engine
+    return cls(model, device, cfg)

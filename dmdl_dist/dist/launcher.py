@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,13 @@ def _worker(loop_config: dict) -> None:
 
     cfg = from_dict(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
-    train(cfg, run_dir, progress=loop_config.get("progress", False), session=RaySession(run_dir))
+    session = RaySession(run_dir, launch_id=loop_config.get("launch_id", ""))
+    # The driver prints the epoch lines (dist/progress.py) and the results table; workers stay quiet.
+    train(cfg, run_dir, progress=False, echo=_quiet, session=session)
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    pass
 
 
 def connect(num_cpus: int | None = None) -> None:
@@ -37,7 +44,7 @@ def make_trainer(
     name: str | None = None,
     storage_path: str | None = None,
     callbacks: Sequence = (),
-    progress: bool = False,
+    progress: bool = True,
 ):
     """The TorchTrainer of one run, not yet fitted (Tune's driver functions build theirs here too).
 
@@ -49,6 +56,8 @@ def make_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from dmdl_dist.dist.progress import epoch_printer
+
     run_dir = Path(run_dir).resolve()
     d = cfg.dist
     resources = {"CPU": d.cpus_per_worker}
@@ -56,7 +65,8 @@ def make_trainer(
         resources["GPU"] = d.gpus_per_worker
     return TorchTrainer(
         _worker,
-        train_loop_config={"config": to_dict(cfg), "run_dir": str(run_dir), "progress": progress},
+        train_loop_config={"config": to_dict(cfg), "run_dir": str(run_dir),
+                           "launch_id": uuid.uuid4().hex},
         scaling_config=ScalingConfig(num_workers=d.workers, use_gpu=d.gpus_per_worker > 0,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(timeout_s=3600),  # a long clustering refresh must not time out the others
@@ -65,12 +75,13 @@ def make_trainer(
             storage_path=storage_path or d.storage_path or str(run_dir.parent),
             failure_config=FailureConfig(max_failures=d.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, *([epoch_printer(cfg.train.stage1_epochs + cfg.train.stage2_epochs)]
+                                      if progress else [])],
         ),
     )
 
 
-def launch(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = False):
+def launch(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True):
     """Trains with cfg.dist.workers Ray workers; returns Ray's Result."""
     connect()
     return make_trainer(cfg, run_dir, progress=progress).fit()

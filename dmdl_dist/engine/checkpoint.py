@@ -36,6 +36,6 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
 
 
 def model_state(model: torch.nn.Module) -> dict:
-    """State dict without a DDP 'module.' prefix, so checkpoints load into any wrapper."""
+    """fp32 state dict without a DDP 'module.' prefix, so checkpoints load into any wrapper and precision."""
     inner = getattr(model, "module", model)
-    return inner.state_dict()
+    return {k: v.float() if v.is_floating_point() else v for k, v in inner.state_dict().items()}  # fp16 runs too

@@ -36,6 +36,7 @@ def extract_features(
     inner = getattr(model, "module", model)
     was_training = inner.training
     inner.eval()
+    dtype = next(inner.parameters()).dtype  # fp16 modules (DeepSpeed's fp16 mode) take half inputs
     loader = DataLoader(
         ImageDataset(root, list(paths), test_transform(height, width)),
         batch_size=batch_size,
@@ -44,7 +45,7 @@ def extract_features(
     )
     out = np.empty((len(paths), inner.feat_dim), dtype=np.float32)
     for images, idx in tqdm(loader, desc=desc, disable=desc is None, leave=False, unit="batch"):
-        images = images.to(device, non_blocking=True)
+        images = images.to(device, dtype=dtype, non_blocking=True)
         if flip:
             feats = inner.extract(images)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -71,7 +72,7 @@ def _cai_loss(feats: list[torch.Tensor], memories: Memories, labels, lam, cfg: C
 
 
 def train_step(
-    model: torch.nn.Module,
+    model: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     batches: list[Batch],
     memories: Memories,
     cfg: Config,
@@ -87,6 +88,7 @@ def train_step(
     sizes = [[v.shape[0] for v in b.views] for b in batches]
     images = torch.cat([v for b in batches for v in b.views])  # (sum of V*B) x 3 x H x W
     feat, bn = model(images)
+    feat, bn = feat.float(), bn.float()  # losses and memories in fp32 whatever the engine's precision
     unit = F.normalize(bn, dim=1)
     flat_unit = list(torch.split(unit, [s for ss in sizes for s in ss]))
     flat_feat = list(torch.split(feat, [s for ss in sizes for s in ss]))

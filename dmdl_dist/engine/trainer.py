@@ -24,7 +24,7 @@ from dmdl_dist.data.manifest import INFRARED, VISIBLE, columns
 from dmdl_dist.data.samplers import balanced_batches
 from dmdl_dist.data.transforms import single_view, train_views
 from dmdl_dist.dist import comm
-from dmdl_dist.dist.backend import wrap_model
+from dmdl_dist.dist.backend import Engine, build_engine
 from dmdl_dist.dist.session import LocalSession
 from dmdl_dist.engine import checkpoint as ckpt
 from dmdl_dist.engine.data import RunData, load_run_data
@@ -63,17 +63,9 @@ def stage_of(epoch: int, cfg: Config) -> tuple[int, int]:
     return (1, epoch) if epoch < s1 else (2, epoch - s1)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, cfg: Config, epoch_in_stage: int) -> float:
+def lr_at(cfg: Config, epoch_in_stage: int) -> float:
     """Step decay x lr_gamma every lr_step epochs, restarted at each stage."""
-    lr = cfg.train.lr * cfg.train.lr_gamma ** (epoch_in_stage // cfg.train.lr_step)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
+    return cfg.train.lr * cfg.train.lr_gamma ** (epoch_in_stage // cfg.train.lr_step)
 
 
 def modality_loaders(data: RunData, ref: Refresh, cfg: Config, *, stage: int, epoch: int) -> list[DataLoader]:
@@ -100,8 +92,7 @@ def modality_loaders(data: RunData, ref: Refresh, cfg: Config, *, stage: int, ep
 
 
 def train_one_epoch(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    engine: Engine,
     data: RunData,
     ref: Refresh,
     cfg: Config,
@@ -113,7 +104,7 @@ def train_one_epoch(
     progress: bool,
 ) -> dict[str, float]:
     """Runs iters_per_epoch steps; returns the mean of every named loss."""
-    model.train()
+    engine.train()
     stage_epochs = cfg.train.stage1_epochs if stage == 1 else cfg.train.stage2_epochs
     triplet_weight = min(1.0, (epoch_in_stage + 1) / max(stage_epochs, 1))
     sums: dict[str, float] = {}
@@ -134,14 +125,12 @@ def train_one_epoch(
                 unified=unified,
                 confidence=torch.as_tensor(ref.confidence[m][idx_np], device=device),
             ))
-        losses, feats = train_step(model, batches, ref.memories, cfg, stage=stage, triplet_weight=triplet_weight)
+        losses, feats = train_step(engine, batches, ref.memories, cfg, stage=stage, triplet_weight=triplet_weight)
         total = sum(losses.values())
         if not torch.isfinite(total):
             values = {k: round(v.item(), 4) for k, v in losses.items()}
             raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}: {values}")
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        engine.step(total)
         update_memories(ref.memories, batches, feats, cfg)
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -204,32 +193,32 @@ def train(
         non_local=cfg.model.non_local, gem_p=cfg.model.gem_p,
     ).to(device)
     state = TrainState()
-    saved = session.load(device)
+    saved, saved_files = session.load(device)
     if saved is not None:
         model.load_state_dict(saved["model"])
         state = TrainState(**saved["state"])
         echo(f"resumed {run_dir} at epoch {state.epoch + 1}")
     elif main:
         save_config(cfg, run_dir / "config.yaml")
-    net = wrap_model(model, device)
-    optimizer = make_optimizer(model, cfg)
-    if saved is not None and state.epoch < total_epochs(cfg) and not _stage_starts(state.epoch, cfg):
-        optimizer.load_state_dict(saved["optimizer"])
-    echo(f"training on {device} x {comm.world_size()}: {len(data.train_paths[0])} visible + "
+    engine = build_engine(model, device, cfg)
+    if saved is not None:
+        engine.load_optimizer(saved.get("optimizer"), saved_files)
+    echo(f"training on {device} x {comm.world_size()} ({cfg.dist.backend if comm.world_size() > 1 else 'local'}, "
+         f"{cfg.dist.precision}): {len(data.train_paths[0])} visible + "
          f"{len(data.train_paths[1])} infrared images, {total_epochs(cfg)} epochs -> {run_dir}")
 
     while state.epoch < total_epochs(cfg):
         epoch = state.epoch
         stage, in_stage = stage_of(epoch, cfg)
         if _stage_starts(epoch, cfg) and epoch > 0:
-            optimizer = make_optimizer(model, cfg)  # stage 2 starts afresh, as the two-stage recipe does
+            engine.reset_optimizer()  # stage 2 starts afresh, as the two-stage recipe does
         seed_everything(cfg.train.seed * 1000 + epoch)  # per-epoch seeding: a resumed run repeats exactly
-        set_lr(optimizer, cfg, in_stage)
+        engine.set_lr(lr_at(cfg, in_stage))
         t0 = time.perf_counter()
-        ref = refresh(net, str(data.root), data.train_paths, data.train_pids, cfg,
+        ref = refresh(model, str(data.root), data.train_paths, data.train_pids, cfg,
                       stage=stage, epoch=epoch, epoch_in_stage=in_stage, device=device, progress=progress)
         t1 = time.perf_counter()
-        losses = train_one_epoch(net, optimizer, data, ref, cfg, stage=stage, epoch=epoch,
+        losses = train_one_epoch(engine, data, ref, cfg, stage=stage, epoch=epoch,
                                  epoch_in_stage=in_stage, device=device, progress=progress)
         t2 = time.perf_counter()
         rec = _record(cfg, ref, losses, epoch, stage, t0, t1, t2)
@@ -248,9 +237,10 @@ def train(
         state.history.append(rec)
         state.epoch = epoch + 1
         session.save_epoch(
-            {"model": ckpt.model_state(model), "optimizer": optimizer.state_dict(), "state": state.__dict__,
+            {"model": ckpt.model_state(model), "optimizer": engine.optimizer_state(), "state": state.__dict__,
              "config": to_dict(cfg)},
             rec,
+            engine.save_rank_files,
         )
         echo(_epoch_line(rec, total_epochs(cfg)))
         if stop_after is not None and state.epoch >= stop_after and state.epoch < total_epochs(cfg):
