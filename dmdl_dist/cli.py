@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from dmdl_dist import commands_model
+from dmdl_dist.report import commands as report_commands
+
 DATASETS = ("sysu", "regdb", "llcm", "synthvi")
 
 
@@ -69,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("runs/ablate"))
     p.add_argument("--variants", nargs="+", default=None, help="subset of variants to run")
+
+    report_commands.add_parsers(sub)
+    commands_model.add_parsers(sub)
     return parser
 
 
@@ -180,6 +186,8 @@ COMMANDS = {
     "eval": cmd_eval,
     "extract": cmd_extract,
     "ablate": cmd_ablate,
+    **report_commands.COMMANDS,
+    **commands_model.COMMANDS,
 }
 
 
@@ -188,13 +196,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from dmdl_dist.config import ConfigError
     from dmdl_dist.data.images import BadImagesError
+    from dmdl_dist.engine.checkpoint import CheckpointError
     from dmdl_dist.eval.run import MissingFeaturesError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    user_errors = (ConfigError, FileNotFoundError, BadImagesError, MissingFeaturesError, CheckpointError,
+                   *commands_model.user_errors())
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, FileNotFoundError, BadImagesError, MissingFeaturesError) as err:
+    except user_errors as err:
         # Errors about the user's input: one clear line, no traceback. Anything else is a bug and shows one.
         print(f"dmdl {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -134,6 +134,7 @@ class DistConfig:
 class RunConfig:
     out_dir: str = "runs"
     name: str | None = None  # None: derived from the preset and the time
+    report: bool = True  # report.md, curves, ranked lists, modality-gap picture, TensorBoard events
 
 
 @dataclass

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from dmdl_dist.config import Config, apply_overrides
 from dmdl_dist.engine.trainer import train
+from dmdl_dist.report.report import write_table_report
 
 _NO_CBT = {"cbt.augment": False, "cbt.refine": False, "cbt.mmd": False}
 VARIANTS: dict[str, dict] = {
@@ -62,7 +63,11 @@ def run_ablation(base: Config, out: str | Path, *, seeds: int = 1, variants: lis
     pq.write_table(table, tmp)
     tmp.replace(out / "ablation.parquet")
     md = markdown_table(rows, names)
-    (out / "ablation.md").write_text(md)
+    tmp = out / "ablation.md.tmp"
+    tmp.write_text(md)
+    tmp.replace(out / "ablation.md")
+    variants_md = "\n".join(f"- {n}: `{VARIANTS[n]}`" for n in names)
+    write_table_report("DMDL ablation", md, out, {"Variants (overrides on the base config)": variants_md})
     echo(md)
     return table
 

@@ -12,6 +12,10 @@ LAST = "last.pt"
 BEST = "best.pt"
 
 
+class CheckpointError(ValueError):
+    """A file given as a checkpoint is not a readable dmdl_dist checkpoint."""
+
+
 def save_atomic(obj: Any, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +36,7 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # a truncated or foreign file
-        raise ValueError(f"checkpoint {path} cannot be read ({err}); it is not a dmdl_dist checkpoint") from err
+        raise CheckpointError(f"checkpoint {path} cannot be read ({err}); it is not a dmdl_dist checkpoint") from err
 
 
 def model_state(model: torch.nn.Module) -> dict:

@@ -22,7 +22,7 @@ def load_model(path: str | Path, device: torch.device | None = None):
     """(model in eval mode, its run config) from a dmdl_dist checkpoint (last.pt or best.pt)."""
     saved = ckpt.load(path)
     if "model" not in saved or "config" not in saved:
-        raise ValueError(f"{path} is not a dmdl_dist checkpoint (no 'model'/'config' entries)")
+        raise ckpt.CheckpointError(f"{path} is not a dmdl_dist checkpoint (no 'model'/'config' entries)")
     cfg = from_dict(saved["config"])
     device = device or resolve_device(cfg.train.device)
     # The weights come from the checkpoint: never look for ImageNet weights here.

@@ -34,6 +34,8 @@ from dmdl_dist.engine.step import Batch, train_step, update_memories
 from dmdl_dist.eval.protocols import format_table
 from dmdl_dist.eval.run import evaluate_manifest
 from dmdl_dist.models.backbone import build_model
+from dmdl_dist.report.gap import gap_snapshot, save_snapshot
+from dmdl_dist.report.report import write_report
 
 log = logging.getLogger("dmdl_dist")
 MODALITIES = (VISIBLE, INFRARED)
@@ -207,6 +209,8 @@ def train(
          f"{cfg.dist.precision}): {len(data.train_paths[0])} visible + "
          f"{len(data.train_paths[1])} infrared images, {total_epochs(cfg)} epochs -> {run_dir}")
 
+    if main and state.epoch == 0 and cfg.run.report:
+        _snapshot(model, data, cfg, device, run_dir, "untrained")
     while state.epoch < total_epochs(cfg):
         epoch = state.epoch
         stage, in_stage = stage_of(epoch, cfg)
@@ -243,12 +247,22 @@ def train(
             engine.save_rank_files,
         )
         echo(_epoch_line(rec, total_epochs(cfg)))
+        if main and cfg.run.report and state.epoch in (cfg.train.stage1_epochs, total_epochs(cfg)):
+            name = "stage1" if state.epoch == cfg.train.stage1_epochs else "stage2"
+            _snapshot(model, data, cfg, device, run_dir, name)
         if stop_after is not None and state.epoch >= stop_after and state.epoch < total_epochs(cfg):
             echo(f"stopped after epoch {state.epoch}; continue with: dmdl train --resume {run_dir}")
             return {"stopped_at": state.epoch}
 
     results = final_evaluation(model, data, cfg, state, run_dir, device, echo) if main else None
+    if main and cfg.run.report:
+        echo(f"report: {write_report(run_dir)}")
     return comm.broadcast_object(results)
+
+
+def _snapshot(model, data: RunData, cfg: Config, device, run_dir: Path, name: str) -> None:
+    """Test features of a few identities for the modality-gap picture (report/gap.py)."""
+    save_snapshot(gap_snapshot(model, data.root, data.test, cfg, device), run_dir / "gap" / f"{name}.npz")
 
 
 def _silent(*_args, **_kwargs) -> None:
@@ -281,8 +295,10 @@ def final_evaluation(model, data: RunData, cfg: Config, state: TrainState, run_d
     if state.best_epoch > 0 and (run_dir / ckpt.BEST).is_file():
         model.load_state_dict(ckpt.load(run_dir / ckpt.BEST, map_location=device)["model"])
         selected = f"best val mAP (epoch {state.best_epoch})"
+    t0 = time.perf_counter()
     test = evaluate_split(model, data, data.test, cfg, device, trials=cfg.eval.trials, flip=True)
     results = {
+        "time": {"test": time.perf_counter() - t0},
         "selected": selected,
         "epochs": state.epoch,
         "test": test,
