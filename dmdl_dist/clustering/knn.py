@@ -34,15 +34,18 @@ def knn(features: np.ndarray, k: int, *, use_gpu: bool | None = None) -> tuple[n
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     k = int(min(k, x.shape[0]))
-    if use_gpu is None:
-        use_gpu = gpu_available()
-    if use_gpu:
-        if not gpu_available():
-            raise RuntimeError(
-                "use_gpu=True but faiss has no GPU here: install faiss-gpu (pip install 'dmdl-dist[gpu]')"
-            )
+    if resolve_gpu(use_gpu):
         res = faiss.StandardGpuResources()
         sims, idx = faiss.knn_gpu(res, x, x, k, metric=faiss.METRIC_INNER_PRODUCT)
     else:
         sims, idx = faiss.knn(x, x, k, metric=faiss.METRIC_INNER_PRODUCT)
     return sims.astype(np.float32, copy=False), idx.astype(np.int64, copy=False)
+
+
+def resolve_gpu(use_gpu: bool | None) -> bool:
+    """None: the GPU when faiss has one; True insists (an error names the fix when there is none); False: CPU."""
+    if use_gpu is None:
+        return gpu_available()
+    if use_gpu and not gpu_available():
+        raise RuntimeError("use_gpu=True but faiss has no GPU here: install faiss-gpu (pip install 'dmdl-dist[gpu]')")
+    return use_gpu

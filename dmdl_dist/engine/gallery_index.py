@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmdl_dist.clustering.knn import _faiss, gpu_available
+from dmdl_dist.clustering.knn import _faiss, resolve_gpu
 from dmdl_dist.engine.atomic import atomic_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -131,13 +131,7 @@ def search_index(index, queries: np.ndarray, k: int, *, use_gpu: bool | None = N
     k = int(min(k, index.ntotal))
     if k < 1:
         raise ValueError(f"k must be at least 1 and the index non-empty (k={k}, index size {index.ntotal})")
-    if use_gpu is None:
-        use_gpu = gpu_available()
-    if use_gpu:
-        if not gpu_available():
-            raise RuntimeError(
-                "use_gpu=True but faiss has no GPU here: install faiss-gpu (pip install 'dmdl-dist[gpu]')"
-            )
+    if resolve_gpu(use_gpu):
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return scores.astype(np.float32, copy=False), rows.astype(np.int64, copy=False)
