@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dmdl_dist import commands_model
 from dmdl_dist.report import commands as report_commands
+from dmdl_dist.tuning import commands as tuning_commands
 
 DATASETS = ("sysu", "regdb", "llcm", "synthvi")
 
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report_commands.add_parsers(sub)
     commands_model.add_parsers(sub)
+    tuning_commands.add_parsers(sub)
     return parser
 
 
@@ -188,6 +190,7 @@ COMMANDS = {
     "ablate": cmd_ablate,
     **report_commands.COMMANDS,
     **commands_model.COMMANDS,
+    **tuning_commands.COMMANDS,
 }
 
 

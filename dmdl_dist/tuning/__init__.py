@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over search spaces kept as data (tune/*.yaml): parsing, the sweep driver, the results."""

@@ -1,0 +1,67 @@
+"""The `dmdl tune` subcommand: cli.py adds it with `add_parsers(sub)` and dispatches through COMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def add_parsers(sub) -> None:
+    from dmdl_dist.config import PRESETS
+
+    p = sub.add_parser("tune", help="a Ray Tune sweep (ASHA on epochs) of Ray Train runs over a search space",
+                       description="Searches the space of a tune/*.yaml file; every trial is a Ray Train run "
+                                   "scored by its validation metric on held-out training identities.")
+    p.add_argument("--space", type=Path, required=True, help="search-space YAML, e.g. tune/cai.yaml")
+    p.add_argument("--samples", type=int, default=8, help="trials drawn from the space (times each grid point)")
+    p.add_argument("--workers-per-trial", type=int, default=None,
+                   help="Ray Train workers per trial (default: dist.workers, or 1 when that is 0)")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="trials at a time (default: as many as the cluster's CPUs/GPUs hold)")
+    p.add_argument("--preset", choices=PRESETS, default=None, help="base preset (default: the space's base, synthvi)")
+    p.add_argument("--config", type=Path, default=None, help="YAML file applied on top of the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override of the base config, e.g. --set train.stage2_epochs=4 (repeatable)")
+    p.add_argument("--out", type=Path, default=None, help="sweeps folder (default: <run.out_dir>/tune)")
+    p.add_argument("--name", default=None, help="sweep name (default: space, preset and time)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --out/--name")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from dmdl_dist.config import ConfigError, to_dict
+    from dmdl_dist.dist.launcher import connect
+    from dmdl_dist.tuning.results import SweepError, records_from_grid, write_results
+    from dmdl_dist.tuning.space import load_space
+    from dmdl_dist.tuning.sweep import Sweep, prepare_base, run_sweep, unfinished_trials
+
+    if args.samples < 1:
+        raise ConfigError(f"--samples must be at least 1, got {args.samples}")
+    if args.resume and args.name is None:
+        raise ConfigError("--resume needs the --name of the sweep to continue")
+    space = load_space(args.space)
+    base = prepare_base(space, preset=args.preset, config_file=args.config, overrides=args.overrides,
+                        workers=args.workers_per_trial)
+    name = args.name or f"{args.space.stem}-{base.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep = Sweep(name=name, out=args.out or Path(base.run.out_dir) / "tune", base=base, space=space,
+                  samples=args.samples, max_concurrent=args.max_concurrent)
+    connect()
+    grid = run_sweep(sweep, resume=args.resume)
+    left = unfinished_trials(sweep, grid)
+    if left:
+        print(f"dmdl tune: {left} trial(s) unfinished (interrupted); continue with the same arguments and "
+              f"--name {name} --resume", file=sys.stderr)
+        return 130
+    try:
+        best = write_results(sweep.folder, records_from_grid(grid), to_dict(sweep.base),
+                             metric=space.metric, mode=space.mode, name=name, space_file=str(args.space))
+    except SweepError as err:
+        print(f"dmdl tune: error: {err}", file=sys.stderr)
+        return 1
+    print(f"\nbest trial {best['trial_id']}: {space.metric} {best[f'best_{space.metric}']:.2f} "
+          f"(epoch {best['best_epoch']})\n{sweep.folder / 'summary.md'}\n{sweep.folder / 'best_config.yaml'}")
+    return 0
+
+
+COMMANDS = {"tune": cmd_tune}

@@ -1,0 +1,285 @@
+"""A Ray Tune sweep of Ray Train runs (Train V2): one driver function per trial fits one TorchTrainer.
+
+Folder of a sweep `<out>/<name>/`:
+  sweep.yaml             the base config, the space and the sizes it was started with (resume checks them)
+  runs/<trial id>/       each trial's run folder (config.yaml, metrics.jsonl, best.pt, results.json) and,
+                         with local storage, its Ray Train checkpoints
+  trial_<trial id>/      Tune's per-trial folder (reported results)
+  tuner.pkl, experiment_state-*.json   Tune's state, what `Tuner.restore` reads
+  trials.parquet, summary.md, best_config.yaml   written by `results.write_results` at the end
+With dist.storage_path set (shared storage, s3://, gs://), Tune's state and the trials' Ray Train
+checkpoints go to <storage_path>/<name> instead, and the rest stays in <out>/<name>.
+
+A trial's Ray Train run is named by its Tune trial id, so a restored trial refits a trainer with the
+same name and storage path and Ray Train resumes it from its latest epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from dmdl_dist.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_config,
+    parse_override,
+    to_dict,
+    validate,
+)
+from dmdl_dist.tuning.space import Dist, SearchSpace, check_space, grid_size, param_space
+
+log = logging.getLogger("dmdl_dist")
+
+SWEEP_FILE = "sweep.yaml"
+DRIVER_CPU = 0.01  # the trial's driver function only waits on the Train controller
+VAL_DATASETS = ("sysu", "synthvi")  # the readers that hold identities out for validation
+METRICS = ("val_mAP", "val_rank1")  # what a trial reports each epoch on held-out training identities
+
+
+@dataclass
+class Sweep:
+    """What one `dmdl tune` launches."""
+
+    name: str
+    out: Path  # the sweep lives in out/name
+    base: Config  # every trial starts here; dist.workers is the workers per trial
+    space: SearchSpace
+    samples: int
+    max_concurrent: int | None = None  # None: sized from the cluster's resources
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.out).resolve() / self.name
+
+    @property
+    def storage(self) -> str:
+        """Tune's storage_path: dist.storage_path (shared storage, s3://, gs://) or the local out folder."""
+        return self.base.dist.storage_path or str(Path(self.out).resolve())
+
+    def record(self) -> dict:
+        return {"space": self.space.to_spec(), "space_file": self.space.source, "samples": self.samples,
+                "base": to_dict(self.base)}
+
+
+def prepare_base(
+    space: SearchSpace,
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    workers: int | None = None,
+) -> Config:
+    """Preset, config file, the space's `base.set`, then --set: each later layer wins.
+
+    Relative paths become absolute, since Tune runs each trial in its own working directory.
+    """
+    cfg = load_config(preset or space.base_preset, config_file, None)
+    apply_overrides(cfg, space.base_overrides)
+    apply_overrides(cfg, dict(parse_override(o) for o in overrides or []))
+    if workers is not None:
+        cfg.dist.workers = workers
+    elif cfg.dist.workers == 0:
+        cfg.dist.workers = 1
+    if cfg.dist.workers < 1:
+        # Train V2's local mode (num_workers=0) runs no Train callbacks: Tune would never see a metric.
+        raise ConfigError(f"a sweep needs at least 1 Ray Train worker per trial, got {cfg.dist.workers}")
+    if cfg.data.root is not None:
+        cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+    if cfg.model.pretrained not in (None, "imagenet"):
+        cfg.model.pretrained = str(Path(cfg.model.pretrained).expanduser().resolve())
+    validate(cfg)
+    check_metric(space, cfg)
+    check_space(space, cfg)
+    return cfg
+
+
+def check_metric(space: SearchSpace, cfg: Config) -> None:
+    """Validation metrics exist only with held-out identities; fail before launching, not after."""
+    if space.metric not in METRICS:
+        raise ConfigError(f"{space.source}: metric '{space.metric}' is not one a trial reports for selection; "
+                          f"use one of {', '.join(METRICS)}")
+    if not cfg.data.holdout_val or cfg.data.dataset not in VAL_DATASETS:
+        raise ConfigError(
+            f"{space.source}: metric '{space.metric}' is reported only with data.holdout_val=true on "
+            f"{' or '.join(VAL_DATASETS)} (got data.dataset={cfg.data.dataset}, data.holdout_val="
+            f"{cfg.data.holdout_val}); trials never score on the test set"
+        )
+    for key in ("data.holdout_val", "data.dataset"):
+        if key in space.params:
+            raise ConfigError(f"{space.source}: '{key}' cannot be searched: the metric '{space.metric}' depends on it")
+
+
+def trial_config(base: dict, params: dict) -> Config:
+    """The config one trial trains with: the base, then the sampled params, through the CLI's override."""
+    cfg = from_dict(copy.deepcopy(base))
+    apply_overrides(cfg, params)
+    validate(cfg)
+    return cfg
+
+
+def run_trial(params: dict, *, base: dict, runs_local: str, runs_storage: str) -> None:
+    """Tune's trainable: fits one Ray Train run; TuneReportCallback forwards every epoch's report."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from dmdl_dist.dist.launcher import make_trainer
+
+    cfg = trial_config(base, params)
+    trial_id = tune.get_context().get_trial_id()
+    trainer = make_trainer(cfg, Path(runs_local) / trial_id, name=trial_id, storage_path=runs_storage,
+                           callbacks=[TuneReportCallback()])
+    trainer.fit()  # raises when the run fails, which marks the trial as errored
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def trial_need(cfg: Config) -> dict[str, float]:
+    """Resources one trial holds while it runs: its workers plus the driver."""
+    d = cfg.dist
+    return {"CPU": DRIVER_CPU + d.workers * d.cpus_per_worker, "GPU": d.workers * d.gpus_per_worker}
+
+
+def concurrency(need: dict[str, float], available: dict[str, float], trials: int) -> int:
+    """How many trials fit side by side; 0 when not even one does (Train would wait, then time out)."""
+    fits = [math.floor(available.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
+    return max(0, min([trials, *fits]))
+
+
+def total_trials(space: SearchSpace, samples: int) -> int:
+    return samples * grid_size(space)
+
+
+def max_epochs(space: SearchSpace, cfg: Config) -> int:
+    """The longest schedule any trial can have (the space may search the stage lengths)."""
+
+    def most(key: str, default: int) -> int:
+        d = space.params.get(key, default)
+        return max(d.candidates()) if isinstance(d, Dist) else int(d)
+
+    return most("train.stage1_epochs", cfg.train.stage1_epochs) + most("train.stage2_epochs", cfg.train.stage2_epochs)
+
+
+def make_scheduler(space: SearchSpace, cfg: Config):
+    """ASHA on epochs, its rungs strictly before the last epoch.
+
+    A decision at the last epoch saves nothing, and stopping a trial then (what ASHA does at
+    max_t by default) kills its driver while the run still finishes (seen here: report.md lost); so
+    max_t is the second-to-last epoch and trials past it are never stopped.
+    """
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    epochs = max_epochs(space, cfg)
+    if epochs < 2:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", max_t=epochs - 1, grace_period=1, stop_last_trials=False)
+
+
+def _trainable(sweep: Sweep, base: Config):
+    """The driver function with its fixed arguments, reserving only the driver's sliver of a CPU."""
+    from ray import tune
+
+    runs_storage = f"{sweep.storage.rstrip('/')}/{sweep.name}/runs"
+    fn = tune.with_parameters(run_trial, base=to_dict(base), runs_local=str(sweep.folder / "runs"),
+                              runs_storage=runs_storage)
+    return tune.with_resources(fn, {"cpu": DRIVER_CPU})
+
+
+def _sized(sweep: Sweep) -> int:
+    import ray
+
+    trials = total_trials(sweep.space, sweep.samples)
+    if sweep.max_concurrent is not None:
+        return max(1, min(sweep.max_concurrent, trials))
+    need = trial_need(sweep.base)
+    n = concurrency(need, ray.cluster_resources(), trials)
+    if n == 0:
+        raise ConfigError(
+            f"one trial needs {need} (dist.workers={sweep.base.dist.workers} x cpus/gpus_per_worker) but the "
+            f"cluster has {ray.cluster_resources()}; lower the per-trial need, or give --max-concurrent when an "
+            "autoscaler will add the nodes"
+        )
+    return n
+
+
+def _check_resumable(sweep: Sweep) -> Config:
+    """The base config a resumed sweep must keep: its trials already trained with it."""
+    path = sweep.folder / SWEEP_FILE
+    if not path.is_file():
+        log.warning("%s is missing; resuming with the base config given on the command line", path)
+        return sweep.base
+    saved = yaml.safe_load(path.read_text())
+    sweep.samples = saved["samples"]  # the restored search keeps the number it started with
+    if saved["space"] != sweep.space.to_spec():
+        raise ConfigError(f"sweep {sweep.folder} was started with another search space ({saved['space_file']}); "
+                          "a resumed sweep keeps its space: pick a new --name to search a different one")
+    ours = to_dict(sweep.base)
+    changed = [f"{s}.{k}" for s, sec in saved["base"].items() if isinstance(sec, dict)
+               for k, v in sec.items() if ours.get(s, {}).get(k) != v]
+    if changed:
+        raise ConfigError(f"sweep {sweep.folder} was started with other values of {', '.join(changed)}; "
+                          "resume it with the same --preset/--config/--set, or pick a new --name")
+    return from_dict(saved["base"])
+
+
+def unfinished_trials(sweep: Sweep, grid) -> int:
+    """Trials neither finished nor errored: the sweep was interrupted (Ctrl-C) and can be resumed."""
+    expected = max(len(grid), total_trials(sweep.space, sweep.samples))
+    return expected - grid.num_terminated - grid.num_errors
+
+
+def _write_record(sweep: Sweep) -> None:
+    sweep.folder.mkdir(parents=True, exist_ok=True)
+    tmp = sweep.folder / (SWEEP_FILE + ".tmp")
+    tmp.write_text(yaml.safe_dump(sweep.record(), sort_keys=False))
+    tmp.replace(sweep.folder / SWEEP_FILE)
+
+
+def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: int = 1):
+    """Runs (or, with resume, continues) the sweep; returns Tune's ResultGrid.
+
+    Ray must already be initialised (the CLI joins a cluster or starts a local one). On resume,
+    sweep.base and sweep.samples become those the sweep was started with (sweep.yaml).
+    """
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    exp_path = f"{sweep.storage.rstrip('/')}/{sweep.name}"
+    exists = tune.Tuner.can_restore(exp_path)
+    if resume:
+        if not exists:
+            raise ConfigError(f"--resume: {exp_path} holds no sweep to resume")
+        sweep.base = _check_resumable(sweep)
+        log.info("resuming sweep %s", exp_path)
+        tuner = tune.Tuner.restore(exp_path, _trainable(sweep, sweep.base), resume_unfinished=True,
+                                   resume_errored=True)
+        return tuner.fit()
+    if exists or (sweep.folder / SWEEP_FILE).exists():
+        raise ConfigError(f"{exp_path} already holds a sweep; continue it with --resume or pick another --name")
+    n = _sized(sweep)
+    _write_record(sweep)
+    log.info("sweep %s: %d trials, %d at a time, %d worker(s) each -> %s", sweep.name,
+             total_trials(sweep.space, sweep.samples), n, sweep.base.dist.workers, exp_path)
+    tuner = tune.Tuner(
+        _trainable(sweep, sweep.base),
+        param_space=param_space(sweep.space),
+        tune_config=tune.TuneConfig(
+            metric=sweep.space.metric,
+            mode=sweep.space.mode,
+            scheduler=make_scheduler(sweep.space, sweep.base),
+            search_alg=BasicVariantGenerator(max_concurrent=n, random_state=sweep.base.train.seed),
+            num_samples=sweep.samples,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(name=sweep.name, storage_path=sweep.storage, verbose=verbose),
+    )
+    return tuner.fit()
