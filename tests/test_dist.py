@@ -110,6 +110,7 @@ def test_two_ray_workers_deepspeed_bf16_sharded_memory_train_resume_and_evaluate
     import ray
 
     from dmdl_dist.dist.launcher import launch
+    from dmdl_dist.memory.io import load_memory_shards
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"DMDL_CACHE": os.environ["DMDL_CACHE"]}})
@@ -120,8 +121,17 @@ def test_two_ray_workers_deepspeed_bf16_sharded_memory_train_resume_and_evaluate
         assert first.error is None, repr(first.error)
         with first.checkpoint.as_directory() as folder:
             ranks = sorted(p.name for p in (Path(folder) / "ranks" / "epoch").iterdir())
+            # each rank stored its memory shards; they reload onto 1 or 3 workers
+            shards = Path(folder) / "ranks"
+            assert sorted(p.name for p in shards.glob("memory_rank*.pt")) == ["memory_rank0.pt", "memory_rank1.pt"]
+            whole = load_memory_shards(shards, 0, 1)
+            three = [load_memory_shards(shards, r, 3) for r in range(3)]
         # ZeRO-2 partitions the optimizer: each rank wrote its own part into the one checkpoint
         assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= set(ranks)
+        assert set(whole) == {"visible", "infrared", "unified"}
+        for name, mem in whole.items():
+            assert mem.num_clusters == mem.shard.shape[0] > 0
+            assert torch.allclose(torch.cat([t[name].shard for t in three]), mem.shard)
         # the same run name resumes from its checkpoint: one more stage-2 epoch, optimizer state reloaded
         more = launch(load_config("tiny", overrides=[*base, "train.stage2_epochs=2"]), tmp_path / "run")
     finally:

@@ -6,6 +6,7 @@ the same function in every worker. Everything it needs comes from its arguments.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -33,6 +34,7 @@ from dmdl_dist.engine.recluster import Refresh, refresh
 from dmdl_dist.engine.step import Batch, train_step, update_memories
 from dmdl_dist.eval.protocols import format_table
 from dmdl_dist.eval.run import evaluate_manifest
+from dmdl_dist.memory.io import save_memory_shards
 from dmdl_dist.models.backbone import build_model
 from dmdl_dist.report.gap import gap_snapshot, save_snapshot
 from dmdl_dist.report.report import write_report
@@ -244,7 +246,7 @@ def train(
             {"model": ckpt.model_state(model), "optimizer": engine.optimizer_state(), "state": state.__dict__,
              "config": to_dict(cfg)},
             rec,
-            engine.save_rank_files,
+            functools.partial(_save_rank_files, engine, ref),
         )
         echo(_epoch_line(rec, total_epochs(cfg)))
         if main and cfg.run.report and state.epoch in (cfg.train.stage1_epochs, total_epochs(cfg)):
@@ -258,6 +260,12 @@ def train(
     if main and cfg.run.report:
         echo(f"report: {write_report(run_dir)}")
     return comm.broadcast_object(results)
+
+
+def _save_rank_files(engine: Engine, ref: Refresh, folder: Path) -> None:
+    """What each rank writes into the epoch's checkpoint: its memory shards and its optimizer partition."""
+    save_memory_shards(ref.memories, folder)
+    engine.save_rank_files(folder)
 
 
 def _snapshot(model, data: RunData, cfg: Config, device, run_dir: Path, name: str) -> None:
