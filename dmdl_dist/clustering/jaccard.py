@@ -125,7 +125,16 @@ def _pair_distances(v: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix((data, indices, indptr), shape=(n, n))
 
 
-def jaccard_distance(features: np.ndarray, k1: int = 30, k2: int = 6, *, use_gpu: bool | None = None) -> sp.csr_matrix:
+def knn_for_jaccard(features: np.ndarray, k1: int, *, use_gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The k-NN search jaccard_distance needs (2 k1 + 1 neighbours), for callers that time it apart."""
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    return knn(x, min(x.shape[0], 2 * k1 + 1), use_gpu=use_gpu)
+
+
+def jaccard_distance(
+    features: np.ndarray, k1: int = 30, k2: int = 6, *, use_gpu: bool | None = None,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+) -> sp.csr_matrix:
     """Sparse k-reciprocal Jaccard distances of unit features (N x D float32).
 
     Returns an N x N float32 CSR matrix storing every pair whose distance is below 1, the
@@ -133,7 +142,8 @@ def jaccard_distance(features: np.ndarray, k1: int = 30, k2: int = 6, *, use_gpu
     faiss_rerank.compute_jaccard_distance(features, k1, k2) up to float rounding (~1e-6).
     When N < k1 the neighbour lists hold all N points (where the field's code would read
     faiss's -1 padding as an index); h = round(k1 / 2) and k2 are clipped the same way.
-    The k-NN search runs on faiss, on the GPU when faiss has one (use_gpu as in `knn`).
+    The k-NN search runs on faiss, on the GPU when faiss has one (use_gpu as in `knn`), unless
+    `neighbours` passes the result of knn_for_jaccard(features, k1) in.
 
     Rows are sorted by column only where scipy keeps them so; call sort_indices() if needed.
     """
@@ -148,7 +158,7 @@ def jaccard_distance(features: np.ndarray, k1: int = 30, k2: int = 6, *, use_gpu
     length = min(k1, n)  # lists of step 1 for R(i, k1): k1 points, itself included
     half = min(int(np.around(k1 / 2)) + 1, length)  # and for R(c, h): h + 1 points
     # Searching past k1 costs little and spares most dot products of steps 2-3.
-    sims, rank = knn(x, min(n, 2 * k1 + 1), use_gpu=use_gpu)
+    sims, rank = neighbours if neighbours is not None else knn_for_jaccard(x, k1, use_gpu=use_gpu)
     v = _encode(x, sims, rank, _expand(_reciprocal(rank, length), _reciprocal(rank, half)))
     qe = min(k2, length)
     if qe > 1:
