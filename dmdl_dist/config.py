@@ -295,6 +295,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.dataset={cfg.data.dataset} needs data.root=/path/to/{cfg.data.dataset}")
     if not 0 < cfg.cluster.eps < 1:
         raise ConfigError(f"cluster.eps must be in (0, 1) (Jaccard distances lie in [0, 1]), got {cfg.cluster.eps}")
+    if cfg.dist.zero_stage not in (1, 2):
+        raise ConfigError(f"dist.zero_stage must be 1 or 2 (ZeRO-3 would shard the module itself), got "
+                          f"{cfg.dist.zero_stage}")
+    if cfg.dist.precision == "fp16" and cfg.dist.backend != "deepspeed":
+        raise ConfigError("dist.precision=fp16 needs loss scaling: use dist.backend=deepspeed, or dist.precision=bf16")
+    if cfg.dist.backend == "deepspeed" and cfg.dist.workers == 0:
+        raise ConfigError("dist.backend=deepspeed runs under Ray Train: add --workers N (N >= 1), or use "
+                          "dist.backend=ddp for local mode")
     if cfg.data.num_pids < 2 or cfg.data.num_instances < 2:
         raise ConfigError("data.num_pids and data.num_instances must both be at least 2")
 

@@ -1,4 +1,5 @@
 import pytest
+import torch
 import yaml
 
 from dmdl_dist.config import (
@@ -85,3 +86,22 @@ def test_apply_overrides_is_the_tune_entry_point():
     cfg = load_config("tiny")
     apply_overrides(cfg, {"cai.weight": 0.1, "cluster.eps": 0.5})
     assert (cfg.cai.weight, cfg.cluster.eps) == (0.1, 0.5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["dist.zero_stage=3"], "zero_stage must be 1 or 2"),
+    (["dist.precision=fp16", "dist.workers=2"], "fp16 needs loss scaling"),
+    (["dist.backend=deepspeed"], "add --workers"),
+])
+def test_distributed_choices_that_cannot_work_are_refused_early(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", overrides=overrides)
+
+
+def test_deepspeed_engine_refuses_fp16_on_cpu():
+    from dmdl_dist.dist.backend import build_engine
+    from dmdl_dist.models.backbone import build_model
+
+    cfg = load_config("tiny", overrides=["dist.backend=deepspeed", "dist.workers=2", "dist.precision=fp16"])
+    with pytest.raises(ConfigError, match="CUDA"):
+        build_engine(build_model("small"), torch.device("cpu"), cfg)
