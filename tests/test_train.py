@@ -32,6 +32,12 @@ def test_two_stage_run_evaluates_and_checkpoints(tmp_path, tiny_root):
         assert 0 <= metrics["mAP"] <= 100 and 0 <= metrics["rank1"] <= 100
         assert len(results["test"][protocol]["trials"]) == cfg.eval.trials
     assert "val" not in json.dumps(results["selected"]) or results["best_val_mAP"] is not None
+    # what a person opens first: the report of the tiny run names every picture, and each exists
+    report = (run / "report.md").read_text()
+    for png in ("losses", "clusters", "association", "validation", "ranked", "gap"):
+        assert (run / "figures" / f"{png}.png").stat().st_size > 0 and f"figures/{png}.png" in report, png
+    assert sorted(p.name for p in (run / "gap").iterdir()) == ["stage1.npz", "stage2.npz", "untrained.npz"]
+    assert list((run / "tb").glob("events.out.tfevents.*"))
 
 
 def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path, tiny_root):
