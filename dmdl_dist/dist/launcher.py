@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ def _worker(loop_config: dict) -> None:
     from dmdl_dist.dist.session import RaySession
     from dmdl_dist.engine.trainer import train
 
+    _quiet_ray_reports()
     cfg = from_dict(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
     session = RaySession(run_dir, launch_id=loop_config.get("launch_id", ""))
@@ -23,6 +25,15 @@ def _worker(loop_config: dict) -> None:
 
 def _quiet(*_args, **_kwargs) -> None:
     pass
+
+
+def _quiet_ray_reports() -> None:
+    """Ray logs each report's whole metrics dict at INFO from every worker; the driver's line says it once."""
+    try:
+        from ray.train.v2._internal.execution import context  # private: the logger is named after this file
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def connect(num_cpus: int | None = None) -> None:
