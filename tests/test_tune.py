@@ -323,3 +323,6 @@ def test_tiny_sweep_writes_results_and_resumes_only_the_unfinished_trial(tmp_pat
     assert to_dict(cfg) == to_dict(trial_config(saved["base"], params))
     assert cfg.preset == "tiny" and cfg.dist.workers == 1
     assert best["trial_id"] in (folder / SUMMARY).read_text()
+    assert best["trial_id"] in (folder / "report.md").read_text()
+    for trial in first:  # one TensorBoard run per trial, to compare them
+        assert list((folder / "tb" / trial).glob("events.out.tfevents.*")), trial

@@ -29,11 +29,7 @@ class LocalSession:
         self.resume = resume
 
     def device(self, name: str) -> torch.device:
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if name == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
-        return torch.device(name)
+        return local_device(name)
 
     def load(self, map_location) -> tuple[dict, Path] | tuple[None, None]:
         """(saved payload, the folder holding the checkpoint's other files), or (None, None) for a new run."""
@@ -105,6 +101,15 @@ class RaySession(LocalSession):
             return None
         payload = ckpt.load(last, map_location=map_location)
         return payload if payload.get("launch_id") == self.launch_id else None
+
+
+def local_device(name: str) -> torch.device:
+    """train.device (auto | cpu | cuda) in a process that Ray did not place."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    return torch.device(name)
 
 
 def append_record(run_dir: Path, record: dict) -> None:

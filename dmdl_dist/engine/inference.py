@@ -11,9 +11,9 @@ import torch
 from dmdl_dist.config import from_dict
 from dmdl_dist.data.datasets import load_manifest
 from dmdl_dist.data.manifest import columns, select
+from dmdl_dist.dist.session import local_device
 from dmdl_dist.engine import checkpoint as ckpt
 from dmdl_dist.engine.extract import extract_features
-from dmdl_dist.engine.trainer import resolve_device
 from dmdl_dist.eval.run import FeatureFn, write_features_parquet
 from dmdl_dist.models.backbone import build_model
 
@@ -24,7 +24,7 @@ def load_model(path: str | Path, device: torch.device | None = None):
     if "model" not in saved or "config" not in saved:
         raise ckpt.CheckpointError(f"{path} is not a dmdl_dist checkpoint (no 'model'/'config' entries)")
     cfg = from_dict(saved["config"])
-    device = device or resolve_device(cfg.train.device)
+    device = device or local_device(cfg.train.device)
     # The weights come from the checkpoint: never look for ImageNet weights here.
     model = build_model(cfg.model.arch, pretrained=None, last_stride=cfg.model.last_stride,
                         non_local=cfg.model.non_local, gem_p=cfg.model.gem_p)

@@ -51,10 +51,6 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
 
-def resolve_device(name: str) -> torch.device:
-    return LocalSession(".").device(name)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
