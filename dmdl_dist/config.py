@@ -11,7 +11,6 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +218,9 @@ def _deep_update(base: dict, update: dict) -> dict:
 def preset_path(name: str) -> Path:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; presets: {', '.join(PRESETS)}")
-    return Path(str(resources.files("dmdl_dist") / "presets" / f"{name}.yaml"))
+    # Beside this file, not importlib.resources: a folder named dmdl_dist on sys.path (a checkout in the
+    # home folder, where `ray submit` runs train.py) would make the package a namespace package there.
+    return Path(__file__).resolve().parent / "presets" / f"{name}.yaml"
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -47,9 +47,9 @@ def test_config_prepares_and_validates_offline(name, no_network):
     raw, config = _prepared(name)
     assert config["provider"]["type"] == name
     # The project reaches every node and is installed there, with the Ray version of this machine.
-    assert raw["file_mounts"] == {"~/dmdl_dist": "."}
+    assert raw["file_mounts"] == {"~/dmdl-dist": "."}
     setup = "\n".join(config["head_setup_commands"] + config["worker_setup_commands"])
-    assert 'pip install -e "$HOME/dmdl_dist[gpu]"' in setup
+    assert 'pip install -e "$HOME/dmdl-dist[gpu]"' in setup
     assert f"ray[default,train,tune]=={ray.__version__}" in setup
     assert any("ray start --head" in c for c in config["head_start_ray_commands"])
     assert any("ray start --address=$RAY_HEAD_IP:6379" in c for c in config["worker_start_ray_commands"])
