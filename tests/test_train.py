@@ -95,3 +95,16 @@ def test_cli_eval_features_reports_missing_images(tmp_path, tiny_root, capsys):
                "--features", str(tmp_path / "few.parquet")])
     err = capsys.readouterr().err
     assert rc == 2 and "lacks features for" in err and ".jpg" in err
+
+
+def test_bf16_engine_autocasts_and_a_bf16_run_trains(tmp_path, tiny_root):
+    from dmdl_dist.dist.backend import build_engine
+    from dmdl_dist.models.backbone import build_model
+
+    cfg = load_config("tiny", overrides=["dist.precision=bf16", "run.report=false"])
+    engine = build_engine(build_model("small"), torch.device("cpu"), cfg)
+    feat, bn = engine(torch.randn(2, 3, 64, 32))
+    assert feat.dtype == torch.bfloat16  # the forward runs under autocast; the weights stay fp32
+    assert next(engine.model.parameters()).dtype == torch.float32
+    results = train(cfg, tmp_path / "run", progress=False, echo=_quiet)
+    assert 0 <= results["test"]["synthvi-all"]["mean"]["mAP"] <= 100

@@ -71,7 +71,8 @@ class RaySession(LocalSession):
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            return comm.broadcast_object(self._own_copy(map_location) if comm.is_main() else None), None
+            # loaded on the CPU: the payload is pickled to every rank, whose device may differ from rank 0's
+            return comm.broadcast_object(self._own_copy() if comm.is_main() else None), None
         folder = Path(checkpoint.to_directory())  # a local copy that outlives this call (DeepSpeed reads it later)
         return ckpt.load(folder / ckpt.LAST, map_location=map_location), folder / RANK_FILES
 
@@ -95,11 +96,11 @@ class RaySession(LocalSession):
             ckpt.save_atomic({**payload, "launch_id": self.launch_id}, self.run_dir / ckpt.LAST)
             append_record(self.run_dir, record)
 
-    def _own_copy(self, map_location) -> dict | None:
+    def _own_copy(self) -> dict | None:
         last = self.run_dir / ckpt.LAST
         if not (self.launch_id and last.is_file()):
             return None
-        payload = ckpt.load(last, map_location=map_location)
+        payload = ckpt.load(last, map_location="cpu")
         return payload if payload.get("launch_id") == self.launch_id else None
 
 
