@@ -153,3 +153,19 @@ def test_progress_line_names_losses_clusters_and_speed():
     for part in ("epoch   2/4", "memory 1.500", "cai 0.250", "clusters V 12 I 9", "assoc 50%", "refresh 3.0s",
                  "123 img/s x 2 workers", "mAP 7.5"):
         assert part in line, part
+
+
+def test_ray_session_falls_back_to_its_own_launch_copy_only(tmp_path, monkeypatch):
+    """A kill can beat Ray's registration of a checkpoint: the restarted group then finds none in Ray
+    and resumes from the run folder's copy, but only from a copy written by this launch."""
+    import ray.train
+
+    from dmdl_dist.dist.session import RaySession
+    from dmdl_dist.engine import checkpoint as ckpt
+
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    ckpt.save_atomic({"state": {"epoch": 1}, "launch_id": "abc"}, tmp_path / ckpt.LAST)
+    payload, files = RaySession(tmp_path, launch_id="abc").load("cpu")
+    assert payload["state"]["epoch"] == 1 and files is None
+    assert RaySession(tmp_path, launch_id="other").load("cpu") == (None, None)  # an earlier launch's file
+    assert RaySession(tmp_path / "new", launch_id="abc").load("cpu") == (None, None)
