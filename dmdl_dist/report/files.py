@@ -1,25 +1,16 @@
-"""Atomic writes: a temporary file in the same folder, then a rename, so readers never see half a file."""
+"""Atomic writes of the report's text and pictures (engine/atomic.py: temp file beside, then rename)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+from dmdl_dist.engine.atomic import atomic_path
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -29,13 +20,7 @@ def save_figure(fig, path: str | Path) -> Path:
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    tmp = _tmp(path)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=fig.dpi)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
