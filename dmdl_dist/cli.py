@@ -102,23 +102,21 @@ def cmd_train(args) -> int:
     if cfg.dist.workers > 0:
         from dmdl_dist.dist.launcher import launch  # the Ray Train path
 
-        result = launch(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
+        result = launch(cfg, run_dir, progress=not args.no_progress)
         if result.error is not None:
             raise result.error
-        _print_run_results(run_dir)
+        _print_run_results(run_dir, cfg.eval.trials)
         return 0
     train(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
     return 0
 
 
-def _print_run_results(run_dir: Path) -> None:
-    from dmdl_dist.eval.protocols import format_table
+def _print_run_results(run_dir: Path, trials: int) -> None:
+    from dmdl_dist.engine.trainer import results_text
 
     path = Path(run_dir) / "results.json"
     if path.is_file():
-        results = json.loads(path.read_text())
-        print(f"\nmodel: {results['selected']}; test protocols:")
-        print(format_table(results["test"]))
+        print(results_text(json.loads(path.read_text()), trials))
     print(f"run folder: {run_dir}")
 
 

@@ -34,16 +34,15 @@ class Engine:
         self.model = model  # the bare module: state dicts, evaluation, feature extraction
         self.device = device
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dist.precision]
-        self.net = self._wrap(model, device, cfg)
-        self.optimizer = self._optimizer(cfg)
+        self.net, self.optimizer = self._build(model, device, cfg)
 
-    def _wrap(self, model, device, cfg):
+    def _build(self, model, device, cfg):
+        """(the module the forward calls, the optimizer)."""
+        optimizer = torch.optim.Adam(_params(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         if comm.world_size() == 1:
-            return model
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def _optimizer(self, cfg: Config) -> torch.optim.Optimizer:
-        return torch.optim.Adam(_params(self.model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+            return model, optimizer
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids), optimizer
 
     def __call__(self, images: torch.Tensor):
         ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
@@ -86,7 +85,7 @@ class DeepSpeedEngine(Engine):
     same optimizer as the DDP engine's, so the backend changes nothing else.
     """
 
-    def _wrap(self, model, device, cfg):
+    def _build(self, model, device, cfg):
         d = cfg.dist
         if d.precision == "fp16" and device.type != "cuda":
             raise ConfigError("dist.precision=fp16 needs a CUDA device; on CPU use bf16 or fp32")
@@ -110,11 +109,7 @@ class DeepSpeedEngine(Engine):
         if d.precision == "fp16":
             model.half()  # DeepSpeed's fp16 mode trains a half module with fp32 master weights
         engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=_params(model), config=config)
-        self._ds_optimizer = optimizer
-        return engine
-
-    def _optimizer(self, cfg: Config):
-        return self._ds_optimizer
+        return engine, optimizer
 
     def __call__(self, images: torch.Tensor):
         return self.net(images.to(next(self.model.parameters()).dtype))

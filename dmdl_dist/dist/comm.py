@@ -36,14 +36,25 @@ def barrier() -> None:
 
 
 @torch.no_grad()
-def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
-    """Concatenates `t` from every rank along dim 0; sizes may differ between ranks. No gradient."""
+def all_gather_sizes(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Every rank's n (e.g. its batch size), as a 1-D long tensor in rank order."""
+    local = torch.tensor([n], device=device)
+    if not is_distributed():
+        return local
+    out = [torch.zeros_like(local) for _ in range(world_size())]
+    dist.all_gather(out, local)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def all_gather_cat(t: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """Concatenates `t` from every rank along dim 0; sizes may differ between ranks. No gradient.
+
+    `sizes` (all_gather_sizes of the row counts) saves the gather of the sizes when the caller has them.
+    """
     if not is_distributed():
         return t
-    n = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(world_size())]
-    dist.all_gather(sizes, n)
-    sizes = [int(s.item()) for s in sizes]
+    sizes = [int(s) for s in (all_gather_sizes(t.shape[0], t.device) if sizes is None else sizes)]
     pad = max(sizes) - t.shape[0]
     padded = torch.cat([t, t.new_zeros((pad, *t.shape[1:]))]) if pad else t
     out = [torch.empty_like(padded) for _ in sizes]
@@ -96,24 +107,30 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _sum_gradient(grad: torch.Tensor) -> torch.Tensor:
+    return all_reduce_sum(grad.contiguous().clone())
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather_cat with a gradient: backward sums every rank's gradient and keeps this rank's rows."""
 
     @staticmethod
-    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
-        sizes = all_gather_cat(torch.tensor([t.shape[0]], device=t.device))
-        ctx.start = int(sizes[: rank()].sum())
-        ctx.end = ctx.start + t.shape[0]
-        return all_gather_cat(t)
+    def forward(ctx, t: torch.Tensor, sizes: torch.Tensor, mine: slice) -> torch.Tensor:
+        ctx.mine = mine
+        return all_gather_cat(t, sizes)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.start : ctx.end]
+    def backward(ctx, grad: torch.Tensor):
+        return _sum_gradient(grad)[ctx.mine], None, None
 
 
-def gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, slice]:
+def rank_rows(sizes: torch.Tensor) -> slice:
+    """This rank's rows in a concatenation of every rank's rows, given all_gather_sizes."""
+    start = int(sizes[: rank()].sum())
+    return slice(start, start + int(sizes[rank()]))
+
+
+def gather_with_grad(t: torch.Tensor, sizes: torch.Tensor | None = None) -> tuple[torch.Tensor, slice]:
     """(rows of every rank, this rank's slice of them); gradients reach each rank's own rows.
 
     The PartialFC all-gather: each rank scores all gathered rows against its memory shard, and
@@ -122,10 +139,9 @@ def gather_with_grad(t: torch.Tensor) -> tuple[torch.Tensor, slice]:
     """
     if not is_distributed():
         return t, slice(0, t.shape[0])
-    out = _GatherWithGrad.apply(t)
-    sizes = all_gather_cat(torch.tensor([t.shape[0]], device=t.device))
-    start = int(sizes[: rank()].sum())
-    return out, slice(start, start + t.shape[0])
+    sizes = all_gather_sizes(t.shape[0], t.device) if sizes is None else sizes
+    mine = rank_rows(sizes)
+    return _GatherWithGrad.apply(t, sizes, mine), mine
 
 
 class _ReplicatedSum(torch.autograd.Function):
@@ -133,15 +149,11 @@ class _ReplicatedSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, t: torch.Tensor) -> torch.Tensor:
-        out = t.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
+        return all_reduce_sum(t.clone())
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
+        return _sum_gradient(grad)
 
 
 def replicated_sum(t: torch.Tensor) -> torch.Tensor:

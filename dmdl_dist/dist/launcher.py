@@ -13,18 +13,14 @@ from dmdl_dist.config import Config, from_dict, to_dict
 def _worker(loop_config: dict) -> None:
     """Inside each Ray worker: the same `train` as local mode, with Ray's session."""
     from dmdl_dist.dist.session import RaySession
-    from dmdl_dist.engine.trainer import train
+    from dmdl_dist.engine.trainer import silent, train
 
     _quiet_ray_reports()
     cfg = from_dict(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
     session = RaySession(run_dir, launch_id=loop_config.get("launch_id", ""))
     # The driver prints the epoch lines (dist/progress.py) and the results table; workers stay quiet.
-    train(cfg, run_dir, progress=False, echo=_quiet, session=session)
-
-
-def _quiet(*_args, **_kwargs) -> None:
-    pass
+    train(cfg, run_dir, progress=False, echo=silent, session=session)
 
 
 def _quiet_ray_reports() -> None:
@@ -92,7 +88,7 @@ def make_trainer(
     )
 
 
-def launch(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True):
-    """Trains with cfg.dist.workers Ray workers; returns Ray's Result."""
+def launch(cfg: Config, run_dir: str | Path, *, progress: bool = True):
+    """Trains with cfg.dist.workers Ray workers; returns Ray's Result (the same run name resumes)."""
     connect()
     return make_trainer(cfg, run_dir, progress=progress).fit()

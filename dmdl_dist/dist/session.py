@@ -7,6 +7,7 @@ every rank calls `save_epoch` once per epoch (Ray's report is a barrier), rank 0
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -85,15 +86,16 @@ class RaySession(LocalSession):
         import ray.train
 
         metrics = flat_metrics(record)
+        own_copy = self.run_dir / ckpt.LAST
         with tempfile.TemporaryDirectory() as folder:
             if rank_files is not None:
                 rank_files(Path(folder) / RANK_FILES)
-            if comm.is_main():
-                ckpt.save_atomic(payload, Path(folder) / ckpt.LAST)
+            if comm.is_main():  # serialised once: the run folder's copy, then copied into Ray's checkpoint
+                ckpt.save_atomic({**payload, "launch_id": self.launch_id}, own_copy)
+                shutil.copyfile(own_copy, Path(folder) / ckpt.LAST)
             has_files = any(Path(folder).iterdir())
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if has_files else None)
         if comm.is_main():
-            ckpt.save_atomic({**payload, "launch_id": self.launch_id}, self.run_dir / ckpt.LAST)
             append_record(self.run_dir, record)
 
     def _own_copy(self) -> dict | None:

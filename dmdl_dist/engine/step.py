@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from dmdl_dist.clustering.refine import refined_targets, topk_softmax
 from dmdl_dist.config import Config
-from dmdl_dist.dist.comm import all_gather_cat
+from dmdl_dist.dist.comm import all_gather_cat, all_gather_sizes
 from dmdl_dist.engine.losses import mmd_loss, soft_cross_entropy, triplet_loss
 from dmdl_dist.memory import ClusterMemory, ShardedClusterMemory
 from dmdl_dist.memory.sharded_loss import sharded_cai_contrast, sharded_contrast
@@ -159,10 +159,12 @@ def update_memories(memories: Memories, batches: list[Batch], feats: list[list[t
     """
     for m, b in enumerate(batches):
         views = len(b.views)
-        f = all_gather_cat(torch.cat(feats[m]).detach())
-        memories.own[m].update(f, all_gather_cat(b.labels.repeat(views)))
+        local = torch.cat(feats[m]).detach()
+        sizes = all_gather_sizes(local.shape[0], local.device)  # one size exchange for the gathers below
+        f = all_gather_cat(local, sizes)
+        memories.own[m].update(f, all_gather_cat(b.labels.repeat(views), sizes))
         if memories.unified is not None:
             mom = None
             if cfg.cai.enabled and cfg.cai.adaptive_momentum:
-                mom = all_gather_cat(adaptive_momentum(b.confidence, cfg.memory.momentum).repeat(views))
-            memories.unified.update(f, all_gather_cat(b.unified.repeat(views)), mom)
+                mom = all_gather_cat(adaptive_momentum(b.confidence, cfg.memory.momentum).repeat(views), sizes)
+            memories.unified.update(f, all_gather_cat(b.unified.repeat(views), sizes), mom)

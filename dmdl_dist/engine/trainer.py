@@ -184,7 +184,7 @@ def train(
     session = session or LocalSession(run_dir, resume=resume)
     main = comm.is_main()
     progress = progress and main
-    echo = echo if main else _silent
+    echo = echo if main else silent
     device = session.device(cfg.train.device)
     seed_everything(cfg.train.seed)
     data = load_run_data(cfg)
@@ -269,8 +269,8 @@ def _snapshot(model, data: RunData, cfg: Config, device, run_dir: Path, name: st
     save_snapshot(gap_snapshot(model, data.root, data.test, cfg, device), run_dir / "gap" / f"{name}.npz")
 
 
-def _silent(*_args, **_kwargs) -> None:
-    pass
+def silent(*_args, **_kwargs) -> None:
+    """An echo that prints nothing (ranks other than 0, Ray workers)."""
 
 
 def _stage_starts(epoch: int, cfg: Config) -> bool:
@@ -311,7 +311,11 @@ def final_evaluation(model, data: RunData, cfg: Config, state: TrainState, run_d
     tmp = run_dir / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(run_dir / "results.json")
-    echo(f"\nmodel: {selected}; test protocols ({cfg.eval.trials} gallery trials):")
-    echo(format_table(test))
+    echo(results_text(results, cfg.eval.trials))
     return results
+
+
+def results_text(results: dict, trials: int) -> str:
+    """The closing lines of a run: which model was chosen and its test table."""
+    return f"\nmodel: {results['selected']}; test protocols ({trials} gallery trials):\n{format_table(results['test'])}"
 

@@ -101,11 +101,12 @@ def soft_cross_entropy(
 
 
 def _gather_batch(views: Sequence[torch.Tensor], labels: torch.Tensor, lam: torch.Tensor):
-    gathered = [comm.gather_with_grad(v) for v in views]
+    sizes = comm.all_gather_sizes(labels.shape[0], labels.device)  # once: every view has this batch's rows
+    gathered = [comm.gather_with_grad(v, sizes) for v in views]
     mine = gathered[0][1]
-    sizes = comm.all_gather_cat(torch.tensor([labels.shape[0]], device=labels.device))
     row_weight = torch.repeat_interleave(1.0 / sizes.float(), sizes)  # 1 / (batch of the row's rank)
-    return [g for g, _ in gathered], mine, comm.all_gather_cat(labels), comm.all_gather_cat(lam), row_weight
+    return ([g for g, _ in gathered], mine, comm.all_gather_cat(labels, sizes), comm.all_gather_cat(lam, sizes),
+            row_weight)
 
 
 def _as_loss(graph: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
