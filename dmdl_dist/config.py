@@ -308,6 +308,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.num_pids and data.num_instances must both be at least 2")
 
 
+def total_epochs(cfg: Config) -> int:
+    """Epochs of a run, both stages."""
+    return cfg.train.stage1_epochs + cfg.train.stage2_epochs
+
+
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 

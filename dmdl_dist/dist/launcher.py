@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from dmdl_dist.config import Config, from_dict, to_dict
+from dmdl_dist.config import Config, from_dict, to_dict, total_epochs
 
 
 def _worker(loop_config: dict) -> None:
@@ -82,7 +82,7 @@ def make_trainer(
             storage_path=storage_path or d.storage_path or str(run_dir.parent),
             failure_config=FailureConfig(max_failures=d.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[*callbacks, *([epoch_printer(cfg.train.stage1_epochs + cfg.train.stage2_epochs)]
+            callbacks=[*callbacks, *([epoch_printer(total_epochs(cfg))]
                                       if progress else [])],
         ),
     )

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dmdl_dist.config import Config, apply_overrides
+from dmdl_dist.data.manifest import write_parquet
 from dmdl_dist.engine.trainer import train
+from dmdl_dist.report.files import write_text
 from dmdl_dist.report.report import write_table_report
 
 _NO_CBT = {"cbt.augment": False, "cbt.refine": False, "cbt.mmd": False}
@@ -59,13 +60,9 @@ def run_ablation(base: Config, out: str | Path, *, seeds: int = 1, variants: lis
                              **{k: float(res["mean"][k]) for k in METRICS}})
     table = pa.Table.from_pylist(rows)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "ablation.parquet.tmp"
-    pq.write_table(table, tmp)
-    tmp.replace(out / "ablation.parquet")
+    write_parquet(table, out / "ablation.parquet")
     md = markdown_table(rows, names)
-    tmp = out / "ablation.md.tmp"
-    tmp.write_text(md)
-    tmp.replace(out / "ablation.md")
+    write_text(out / "ablation.md", md)
     variants_md = "\n".join(f"- {n}: `{VARIANTS[n]}`" for n in names)
     write_table_report("DMDL ablation", md, out, {"Variants (overrides on the base config)": variants_md})
     echo(md)

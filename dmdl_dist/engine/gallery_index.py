@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmdl_dist.clustering.knn import _faiss, resolve_gpu
+from dmdl_dist.clustering.knn import _faiss
 from dmdl_dist.engine.atomic import atomic_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -122,16 +122,13 @@ def save_cached(gallery: str | Path, checkpoint_key: str, gallery_key: str, entr
     return index_file
 
 
-def search_index(index, queries: np.ndarray, k: int, *, use_gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search_index(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores Q x k float32, rows Q x k int64), best first; k is clipped to the index size.
 
-    use_gpu: None searches on the GPU when faiss has one (as clustering/knn.py), True insists, False never.
+    On the CPU always: an exact search of a few queries costs less than moving the index to a GPU.
     """
-    faiss = _faiss()
     k = int(min(k, index.ntotal))
     if k < 1:
         raise ValueError(f"k must be at least 1 and the index non-empty (k={k}, index size {index.ntotal})")
-    if resolve_gpu(use_gpu):
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return scores.astype(np.float32, copy=False), rows.astype(np.int64, copy=False)

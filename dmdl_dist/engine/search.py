@@ -71,6 +71,7 @@ def gallery_index(
     model: torch.nn.Module,
     checkpoint_key: str,
     gallery: Path,
+    paths: list[str],
     *,
     height: int,
     width: int,
@@ -79,22 +80,25 @@ def gallery_index(
     workers: int = 0,
     progress: bool = False,
 ) -> tuple[GalleryIndex, bool]:
-    """(index of the gallery's images, whether it came from the cache); extracts and caches on a miss."""
-    paths = list_gallery(gallery)
+    """(index of the gallery's images `paths` (list_gallery), whether it came from the cache); extracts and
+    caches on a miss."""
     gallery_key = gallery_digest(gallery, paths)
     cached = load_cached(gallery, checkpoint_key, gallery_key, paths)
     if cached is not None:
         return cached, True
-    bad = find_bad_images(gallery, paths)
-    if bad:
+    try:
+        feats = extract_features(model, gallery, paths, height=height, width=width, device=device,
+                                 batch_size=batch_size, workers=workers, flip=True,
+                                 desc="gallery" if progress else None)  # G x D
+    except Exception:  # decoding every image up front would read the gallery twice: look only on failure
+        bad = find_bad_images(gallery, paths)
+        if not bad:
+            raise
         shown = "; ".join(f"{path}: {reason}" for path, reason in bad[:_SHOWN])
         raise GalleryImagesError(
             f"{len(bad)} of {len(paths)} images under {gallery} cannot be read ({shown}"
             f"{' ...' if len(bad) > _SHOWN else ''}); replace or delete them"
-        )
-    feats = extract_features(model, gallery, paths, height=height, width=width, device=device,
-                             batch_size=batch_size, workers=workers, flip=True,
-                             desc="gallery" if progress else None)  # G x D
+        ) from None
     entry = GalleryIndex(paths, build_index(feats))
     try:
         save_cached(gallery, checkpoint_key, gallery_key, entry)
@@ -111,24 +115,22 @@ def search(
     top: int = 10,
     device: torch.device | None = None,
     progress: bool = False,
-    use_gpu: bool | None = None,
 ) -> SearchResult:
     """The `top` gallery images most similar to the query (fewer when the gallery is smaller).
 
-    device: where the network runs (default: the checkpoint's train.device); use_gpu: where faiss
-    searches (default: its GPU when it has one).
+    device: where the network runs (default: the checkpoint's train.device).
     """
     if top < 1:
         raise ValueError(f"--top must be at least 1, got {top}")
     query, gallery = check_query(query), Path(gallery)
-    list_gallery(gallery)  # a missing or empty gallery fails before the checkpoint is read
+    paths = list_gallery(gallery)  # a missing or empty gallery fails before the checkpoint is read
     model, cfg = load_model(checkpoint, device)
     device = next(model.parameters()).device
     size = {"height": cfg.data.height, "width": cfg.data.width, "device": device}
-    entry, cached = gallery_index(model, file_digest(checkpoint), gallery, batch_size=cfg.train.eval_batch_size,
+    entry, cached = gallery_index(model, file_digest(checkpoint), gallery, paths, batch_size=cfg.train.eval_batch_size,
                                   workers=cfg.data.loader_workers, progress=progress, **size)
     feat = extract_features(model, query.parent, [query.name], flip=True, **size)  # 1 x D
-    scores, rows = search_index(entry.index, feat, top, use_gpu=use_gpu)  # 1 x k each
+    scores, rows = search_index(entry.index, feat, top)  # 1 x k each
     pairs = zip(scores[0], rows[0], strict=True)
     hits = [Hit(rank, float(s), entry.paths[r]) for rank, (s, r) in enumerate(pairs, start=1)]
     return SearchResult(query, gallery, hits, len(entry.paths), cached)

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dmdl_dist.config import Config, save_config, to_dict
+from dmdl_dist.config import Config, save_config, to_dict, total_epochs
 from dmdl_dist.data.images import ImageDataset
 from dmdl_dist.data.manifest import INFRARED, VISIBLE, columns
 from dmdl_dist.data.samplers import balanced_batches
@@ -254,7 +254,8 @@ def train(
 
     results = final_evaluation(model, data, cfg, state, run_dir, device, echo) if main else None
     if main and cfg.run.report:
-        echo(f"report: {write_report(run_dir)}")
+        # final_evaluation left the selected weights in the model: the ranked lists use it as it is
+        echo(f"report: {write_report(run_dir, model_inputs=(model, data.root, data.test, cfg, device))}")
     return comm.broadcast_object(results)
 
 
@@ -275,10 +276,6 @@ def silent(*_args, **_kwargs) -> None:
 
 def _stage_starts(epoch: int, cfg: Config) -> bool:
     return stage_of(epoch, cfg)[1] == 0
-
-
-def total_epochs(cfg: Config) -> int:
-    return cfg.train.stage1_epochs + cfg.train.stage2_epochs
 
 
 def _record(cfg: Config, ref: Refresh, losses: dict, epoch: int, stage: int, t0: float, t1: float, t2: float) -> dict:

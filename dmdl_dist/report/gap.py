@@ -7,7 +7,6 @@ stage2.npz); the report draws them side by side with gap_plot.plot_gap.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 
 from dmdl_dist.config import Config
 from dmdl_dist.data.manifest import INFRARED, VISIBLE, columns
+from dmdl_dist.engine.atomic import atomic_path
 from dmdl_dist.report.features import picture_features
 
 SNAPSHOT_KEYS = ("features", "modality", "pid")
@@ -104,16 +104,9 @@ def save_snapshot(snapshot: dict[str, np.ndarray], path: str | Path) -> Path:
     missing = [k for k in SNAPSHOT_KEYS if k not in snapshot]
     if missing:
         raise ValueError(f"snapshot lacks {missing}; expected keys {SNAPSHOT_KEYS}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a temporary name
-            np.savez(f, **{k: np.asarray(snapshot[k]) for k in SNAPSHOT_KEYS})
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would append .npz
+        np.savez(f, **{k: np.asarray(snapshot[k]) for k in SNAPSHOT_KEYS})
+    return Path(path)
 
 
 def load_snapshot(path: str | Path) -> dict[str, np.ndarray]:

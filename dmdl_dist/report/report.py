@@ -29,11 +29,13 @@ REPORT, FIGURES, TB, GAP = "report.md", "figures", "tb", "gap"
 CHECKPOINTS = ("best.pt", "last.pt")  # the first present one draws the ranked lists
 
 
-def write_report(run_dir: str | Path, *, model_pictures: bool = True) -> Path:
+def write_report(run_dir: str | Path, *, model_pictures: bool = True, model_inputs: tuple | None = None) -> Path:
     """Writes RUN_DIR/report.md (and its figures and TensorBoard events) from whatever the run has written.
 
-    Ranked lists need a checkpoint and the data set on this machine; without them the report
-    says why the picture is missing. Gap pictures come from RUN_DIR/gap/*.npz (the trainer's snapshots).
+    Ranked lists need a model and the test set: `model_inputs` = (model, root, test manifest, cfg,
+    device) when the caller holds them (the trainer, after its final evaluation); otherwise the
+    run's checkpoint and the data set on this machine, and without them the report says why the
+    picture is missing. Gap pictures come from RUN_DIR/gap/*.npz (the trainer's snapshots).
     """
     run_dir = Path(run_dir)
     config_file, metrics_file, results_file = (run_dir / n for n in ("config.yaml", "metrics.jsonl", "results.json"))
@@ -53,7 +55,7 @@ def write_report(run_dir: str | Path, *, model_pictures: bool = True) -> Path:
     else:
         notes.append("No epoch has finished yet (metrics.jsonl is empty or missing): no curves.")
     if model_pictures:
-        ranked, note = _ranked_picture(run_dir, figures / "ranked.png")
+        ranked, note = _ranked_picture(run_dir, figures / "ranked.png", model_inputs)
         pictures += [("ranked lists", ranked)] if ranked else []
         notes += [note] if note else []
     gap_md = ""
@@ -137,19 +139,21 @@ def _gap_table(snapshots: dict[str, dict]) -> str:
             + table(["snapshot", "images", "cross-modality distance", "between-identity distance", "ratio"], rows))
 
 
-def _ranked_picture(run_dir: Path, out_png: Path) -> tuple[Path | None, str | None]:
+def _ranked_picture(run_dir: Path, out_png: Path, model_inputs: tuple | None) -> tuple[Path | None, str | None]:
     """(the ranked-list PNG, None), or (None, why it was not drawn)."""
+    from dmdl_dist.report.ranked import ranked_lists_for_run
+
+    if model_inputs is not None:
+        return ranked_lists_for_run(*model_inputs, out_png), None
     checkpoint = next((run_dir / n for n in CHECKPOINTS if (run_dir / n).is_file()), None)
     if checkpoint is None:
         return None, "No checkpoint (best.pt or last.pt): no ranked lists."
-    import torch
-
     from dmdl_dist.data.datasets import load_manifest
     from dmdl_dist.data.manifest import select
+    from dmdl_dist.dist.session import local_device
     from dmdl_dist.engine.inference import load_model
-    from dmdl_dist.report.ranked import ranked_lists_for_run
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = local_device("auto")
     model, cfg = load_model(checkpoint, device)
     root = _dataset_on_disk(cfg)
     if root is None:

@@ -10,18 +10,6 @@ from dmdl_dist.report.history import scalars
 EVENTS_GLOB = "events.out.tfevents.*"
 
 
-def log_scalars(log_dir: str | Path, step: int, values: dict[str, float]) -> None:
-    """Appends one step of named scalars (tags like losses/memory) as a new event file in `log_dir`."""
-    from tensorboardX import SummaryWriter
-
-    writer = SummaryWriter(logdir=str(log_dir))
-    try:
-        for tag, value in values.items():
-            writer.add_scalar(tag, float(value), global_step=int(step))
-    finally:
-        writer.close()
-
-
 def write_tensorboard(history: list[dict], log_dir: str | Path) -> Path:
     """Rewrites `log_dir` from the epoch records: old event files go first, so re-running never duplicates.
 

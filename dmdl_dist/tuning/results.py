@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from dmdl_dist.config import save_config
+from dmdl_dist.config import save_config, total_epochs
+from dmdl_dist.data.manifest import write_parquet
+from dmdl_dist.report.files import write_text
 from dmdl_dist.report.history import read_history
 from dmdl_dist.report.report import write_table_report
 from dmdl_dist.report.tb import write_tensorboard
@@ -86,7 +87,7 @@ def trial_rows(records: list[TrialRecord], base: dict, *, metric: str, mode: str
         last = rec.history[-1] if rec.history else {}
         epochs = last.get("epoch", 0)
         cfg = trial_config(base, rec.params)
-        planned = cfg.train.stage1_epochs + cfg.train.stage2_epochs
+        planned = total_epochs(cfg)
         if rec.error is not None:
             status = "error"
         elif not rec.history:
@@ -118,10 +119,7 @@ def _column(values: list) -> list:
 
 def write_table(rows: list[dict], path: Path) -> None:
     keys = list(dict.fromkeys(k for row in rows for k in row))
-    table = pa.table({k: _column([row.get(k) for row in rows]) for k in keys})
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    write_parquet(pa.table({k: _column([row.get(k) for row in rows]) for k in keys}), path)
 
 
 def _fmt(value) -> str:
@@ -182,9 +180,7 @@ def write_results(folder: str | Path, records: list[TrialRecord], base: dict, *,
     params = list(dict.fromkeys(k for rec in records for k in rec.params))
     text = summary_markdown(rows, params, name=name, metric=metric, mode=mode, space_file=space_file,
                             best_config=folder / BEST_CONFIG)
-    tmp = folder / (SUMMARY + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(folder / SUMMARY)
+    write_text(folder / SUMMARY, text)
     write_table_report(f"Sweep {name}", text.split("\n", 2)[2], folder)
     write_trial_tensorboard(folder, [r.trial_id for r in records])
     return best

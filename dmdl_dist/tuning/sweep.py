@@ -34,6 +34,7 @@ from dmdl_dist.config import (
     to_dict,
     validate,
 )
+from dmdl_dist.report.files import write_text
 from dmdl_dist.tuning.space import Dist, SearchSpace, check_space, grid_size, param_space
 
 log = logging.getLogger("dmdl_dist")
@@ -239,9 +240,7 @@ def unfinished_trials(sweep: Sweep, grid) -> int:
 
 def _write_record(sweep: Sweep) -> None:
     sweep.folder.mkdir(parents=True, exist_ok=True)
-    tmp = sweep.folder / (SWEEP_FILE + ".tmp")
-    tmp.write_text(yaml.safe_dump(sweep.record(), sort_keys=False))
-    tmp.replace(sweep.folder / SWEEP_FILE)
+    write_text(sweep.folder / SWEEP_FILE, yaml.safe_dump(sweep.record(), sort_keys=False))
 
 
 def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: int = 1):
