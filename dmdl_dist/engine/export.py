@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dmdl_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -49,9 +48,7 @@ class FeatureNet(nn.Module):
         self.net, self.flip = model, flip
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.flip:
-            return self.net.extract(images)  # N x D, flip-averaged and normalised
-        return F.normalize(self.net(images)[1], dim=1)  # N x D
+        return self.net.extract(images, flip=self.flip)  # N x D, normalised (flip-averaged with flip)
 
 
 def default_export_path(checkpoint: str | Path, fmt: str) -> Path:

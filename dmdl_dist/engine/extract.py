@@ -46,10 +46,7 @@ def extract_features(
     out = np.empty((len(paths), inner.feat_dim), dtype=np.float32)
     for images, idx in tqdm(loader, desc=desc, disable=desc is None, leave=False, unit="batch"):
         images = images.to(device, dtype=dtype, non_blocking=True)
-        if flip:
-            feats = inner.extract(images)
-        else:
-            feats = torch.nn.functional.normalize(inner(images)[1], dim=1)
+        feats = inner.extract(images, flip=flip)
         out[idx.numpy()] = feats.float().cpu().numpy()
     inner.train(was_training)
     return out

@@ -88,14 +88,17 @@ class ReIDNet(nn.Module):
         feat = self.pool(self.trunk(x))  # B x D
         return feat, self.neck(feat)
 
-    def extract(self, x: torch.Tensor) -> torch.Tensor:
-        """Test-time feature, B x D: normalise(normalise(bn(x)) + normalise(bn(flip(x)))).
+    def extract(self, x: torch.Tensor, flip: bool = True) -> torch.Tensor:
+        """Test-time feature, B x D: normalise(normalise(bn(x)) + normalise(bn(flip(x)))); flip=False: normalise(bn(x)).
 
         Each view's BN feature is L2-normalised (the field's models normalise in eval mode), the two
         are averaged, and the mean is normalised again, as the field's test code does, so cosine and
-        Euclidean rankings agree. The caller chooses eval mode and no_grad.
+        Euclidean rankings agree. The caller chooses eval mode and no_grad. Evaluation, the clustering
+        refresh (flip=False) and the exported network all call this one definition.
         """
         bn = F.normalize(self(x)[1], dim=1)
+        if not flip:
+            return bn
         bn_flip = F.normalize(self(torch.flip(x, dims=[3]))[1], dim=1)
         return F.normalize(bn + bn_flip, dim=1)
 
