@@ -24,7 +24,7 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 lint: install
-	$(BIN)/ruff check dmdl_dist tests bench tune train.py
+	$(BIN)/ruff check .
 
 bench: install
 	$(BIN)/python bench/clustering.py

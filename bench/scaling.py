@@ -35,7 +35,7 @@ def main() -> None:
     import ray
 
     from dmdl_dist.config import load_config
-    from dmdl_dist.dist.launcher import connect, launch
+    from dmdl_dist.distributed.launcher import connect, launch
 
     connect()  # the running cluster (ray up / ray start) when there is one, else a local one
     cpus = args.cpus_per_worker or max(0.5, min(1.0, ray.cluster_resources().get("CPU", 1) / max(args.workers)))

@@ -3,6 +3,7 @@
 import pyarrow.parquet as pq
 import pytest
 
+from dmdl_dist.commands.train import ablate as run_ablation
 from dmdl_dist.config import load_config
 from dmdl_dist.engine import ablate
 
@@ -11,7 +12,7 @@ from dmdl_dist.engine import ablate
 def test_ablation_writes_its_tables_and_report_and_resumes(tmp_path, tiny_root, monkeypatch):
     base = load_config("tiny", overrides=["run.report=false", "train.iters_per_epoch=2"])
     names = ["floor (untrained)", "full DMDL"]
-    table = ablate.run_ablation(base, tmp_path, seeds=1, variants=names, echo=lambda *a, **k: None)
+    table = run_ablation(base, tmp_path, seeds=1, variants=names, echo=lambda *a, **k: None)
     assert sorted(set(table.column("variant").to_pylist())) == sorted(names)
     assert pq.read_table(tmp_path / "ablation.parquet").num_rows == table.num_rows
     md = (tmp_path / "ablation.md").read_text()
@@ -24,7 +25,7 @@ def test_ablation_writes_its_tables_and_report_and_resumes(tmp_path, tiny_root, 
         raise AssertionError("a finished variant was trained again")
 
     monkeypatch.setattr(ablate, "train", no_training)
-    again = ablate.run_ablation(base, tmp_path, seeds=1, variants=names, echo=lambda *a, **k: None)
+    again = run_ablation(base, tmp_path, seeds=1, variants=names, echo=lambda *a, **k: None)
     assert again.to_pylist() == table.to_pylist()
     with pytest.raises(ValueError, match="unknown ablation variant"):
-        ablate.run_ablation(base, tmp_path, variants=["nope"])
+        run_ablation(base, tmp_path, variants=["nope"])

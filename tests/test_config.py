@@ -99,7 +99,7 @@ def test_distributed_choices_that_cannot_work_are_refused_early(overrides, messa
 
 
 def test_deepspeed_engine_refuses_fp16_on_cpu():
-    from dmdl_dist.dist.backend import build_engine
+    from dmdl_dist.distributed.backend import build_engine
     from dmdl_dist.models.backbone import build_model
 
     cfg = load_config("tiny", overrides=["dist.backend=deepspeed", "dist.workers=2", "dist.precision=fp16"])

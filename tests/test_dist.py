@@ -59,7 +59,7 @@ def test_two_ray_workers_ddp_train_and_evaluate(tmp_path, tiny_root):
 
     import ray
 
-    from dmdl_dist.dist.launcher import launch
+    from dmdl_dist.distributed.launcher import launch
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"DMDL_CACHE": os.environ["DMDL_CACHE"]}})
@@ -83,7 +83,7 @@ def test_killed_worker_resumes_from_last_checkpoint_and_finishes(tmp_path, tiny_
 
     import ray
 
-    from dmdl_dist.dist.launcher import launch
+    from dmdl_dist.distributed.launcher import launch
 
     marker = tmp_path / "killed"
     env = {"DMDL_CACHE": os.environ["DMDL_CACHE"], "DMDL_FAULT": f"epoch2:1:{marker}"}
@@ -109,7 +109,7 @@ def test_two_ray_workers_deepspeed_bf16_sharded_memory_train_resume_and_evaluate
 
     import ray
 
-    from dmdl_dist.dist.launcher import launch
+    from dmdl_dist.distributed.launcher import launch
     from dmdl_dist.memory.io import load_memory_shards
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -145,7 +145,7 @@ def test_two_ray_workers_deepspeed_bf16_sharded_memory_train_resume_and_evaluate
 
 
 def test_progress_line_names_losses_clusters_and_speed():
-    from dmdl_dist.dist.progress import progress_line
+    from dmdl_dist.distributed.progress import progress_line
 
     line = progress_line({"epoch": 2, "stage": 2, "losses.memory": 1.5, "losses.cai": 0.25, "clusters.0": 12,
                           "clusters.1": 9, "association_rate": 0.5, "time.refresh": 3.0, "time.train": 4.0,
@@ -160,7 +160,7 @@ def test_ray_session_falls_back_to_its_own_launch_copy_only(tmp_path, monkeypatc
     and resumes from the run folder's copy, but only from a copy written by this launch."""
     import ray.train
 
-    from dmdl_dist.dist.session import RaySession
+    from dmdl_dist.distributed.session import RaySession
     from dmdl_dist.engine import checkpoint as ckpt
 
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)

@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmdl_dist.commands_model import COMMANDS, add_parsers
+from dmdl_dist.commands.serve import COMMANDS, add_parsers
 from dmdl_dist.config import load_config, to_dict
 from dmdl_dist.engine.checkpoint import save_atomic
-from dmdl_dist.engine.export import EXAMPLE_BATCH, MissingExtraError, default_export_path, export_info, export_network
-from dmdl_dist.engine.export_verify import format_of, read_export_info, verify_export
-from dmdl_dist.engine.inference import load_model
 from dmdl_dist.models.backbone import build_model
+from dmdl_dist.serve.export import EXAMPLE_BATCH, MissingExtraError, default_export_path, export_info, export_network
+from dmdl_dist.serve.export_verify import format_of, read_export_info, verify_export
+from dmdl_dist.serve.inference import load_model
 
 TOL = 1e-4
 

@@ -9,19 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
+from dmdl_dist.commands import report as commands
 from dmdl_dist.config import load_config, save_config, to_dict
 from dmdl_dist.data.datasets import load_manifest
 from dmdl_dist.data.manifest import columns, select
 from dmdl_dist.engine import checkpoint as ckpt
+from dmdl_dist.engine.snapshot import gap_snapshot, load_snapshot, save_snapshot
 from dmdl_dist.models.backbone import build_model
-from dmdl_dist.report import commands, curves, gap_plot, ranked
-from dmdl_dist.report.gap import (
-    between_identity_distance,
-    cross_modality_distance,
-    gap_snapshot,
-    load_snapshot,
-    save_snapshot,
-)
+from dmdl_dist.report import curves, gap_plot, ranked
+from dmdl_dist.report.gap import between_identity_distance, cross_modality_distance
 from dmdl_dist.report.history import read_history
 from dmdl_dist.report.report import write_report, write_table_report
 from dmdl_dist.report.tb import read_scalars, write_tensorboard

@@ -9,14 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-import dmdl_dist.engine.search as search_mod
-from dmdl_dist.commands_model import COMMANDS, add_parsers, user_errors
+import dmdl_dist.serve.search as search_mod
+from dmdl_dist.commands.serve import COMMANDS, add_parsers, user_errors
 from dmdl_dist.config import load_config, to_dict
 from dmdl_dist.engine.checkpoint import save_atomic
-from dmdl_dist.engine.gallery_index import CACHE_DIR, EmptyGalleryError, list_gallery
-from dmdl_dist.engine.search import GalleryImagesError, QueryImageError, search
-from dmdl_dist.engine.search_figure import CELL, GAP, PAD, THUMB, figure_size
 from dmdl_dist.models.backbone import build_model
+from dmdl_dist.serve.gallery_index import CACHE_DIR, EmptyGalleryError, list_gallery
+from dmdl_dist.serve.search import GalleryImagesError, QueryImageError, search
+from dmdl_dist.serve.search_figure import CELL, GAP, PAD, THUMB, figure_size
 
 PLANTED = "cam2/0007.png"
 SUFFIXES = (".png", ".jpg", ".bmp")

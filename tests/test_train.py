@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dmdl_dist.cli import main
+from dmdl_dist.commands.train import train_local
 from dmdl_dist.config import load_config
 from dmdl_dist.engine import checkpoint as ckpt
 from dmdl_dist.engine.trainer import train
@@ -19,7 +20,7 @@ def _quiet(*_args, **_kw):
 
 def test_two_stage_run_evaluates_and_checkpoints(tmp_path, tiny_root):
     cfg = load_config("tiny")
-    results = train(cfg, tmp_path / "run", progress=False, echo=_quiet)
+    results = train_local(cfg, tmp_path / "run", progress=False, echo=_quiet)
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file() and (run / "last.pt").is_file() and (run / "results.json").is_file()
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -98,7 +99,7 @@ def test_cli_eval_features_reports_missing_images(tmp_path, tiny_root, capsys):
 
 
 def test_bf16_engine_autocasts_and_a_bf16_run_trains(tmp_path, tiny_root):
-    from dmdl_dist.dist.backend import build_engine
+    from dmdl_dist.distributed.backend import build_engine
     from dmdl_dist.models.backbone import build_model
 
     cfg = load_config("tiny", overrides=["dist.precision=bf16", "run.report=false"])

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from dmdl_dist.commands.tune import COMMANDS, add_parsers
 from dmdl_dist.config import ConfigError, load_config, to_dict
-from dmdl_dist.tuning.commands import COMMANDS, add_parsers
 from dmdl_dist.tuning.results import BEST_CONFIG, SUMMARY, TABLE, SweepError, TrialRecord, write_results
 from dmdl_dist.tuning.space import check_space, load_space, param_space, parse_space
 from dmdl_dist.tuning.sweep import (

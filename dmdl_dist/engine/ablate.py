@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,8 @@ import pyarrow as pa
 
 from dmdl_dist.config import Config, apply_overrides
 from dmdl_dist.data.manifest import write_parquet
+from dmdl_dist.engine.atomic import write_text
 from dmdl_dist.engine.trainer import train
-from dmdl_dist.report.files import write_text
-from dmdl_dist.report.report import write_table_report
 
 _NO_CBT = {"cbt.augment": False, "cbt.refine": False, "cbt.mmd": False}
 VARIANTS: dict[str, dict] = {
@@ -37,8 +37,11 @@ def variant_config(base: Config, overrides: dict, seed: int) -> Config:
 
 
 def run_ablation(base: Config, out: str | Path, *, seeds: int = 1, variants: list[str] | None = None,
-                 echo=print) -> pa.Table:
-    """Trains every variant for each seed; writes ablation.md and ablation.parquet under `out`."""
+                 echo=print, after_run: Callable[[Path, Config], None] | None = None) -> pa.Table:
+    """Trains every variant for each seed; writes ablation.md and ablation.parquet under `out`.
+
+    `after_run(run_dir, cfg)` is called after each run this call trains (the command writes its report there).
+    """
     out = Path(out)
     names = variants or list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
@@ -55,6 +58,8 @@ def run_ablation(base: Config, out: str | Path, *, seeds: int = 1, variants: lis
             else:
                 echo(f"== {name}, seed {seed}")
                 results = train(cfg, run_dir, resume=(run_dir / "last.pt").is_file(), echo=echo)
+                if after_run is not None:
+                    after_run(run_dir, cfg)
             for protocol, res in results["test"].items():
                 rows.append({"variant": name, "seed": seed, "protocol": protocol,
                              **{k: float(res["mean"][k]) for k in METRICS}})
@@ -63,8 +68,6 @@ def run_ablation(base: Config, out: str | Path, *, seeds: int = 1, variants: lis
     write_parquet(table, out / "ablation.parquet")
     md = markdown_table(rows, names)
     write_text(out / "ablation.md", md)
-    variants_md = "\n".join(f"- {n}: `{VARIANTS[n]}`" for n in names)
-    write_table_report("DMDL ablation", md, out, {"Variants (overrides on the base config)": variants_md})
     echo(md)
     return table
 

@@ -1,4 +1,4 @@
-"""Atomic file writes for writers that want a path (ONNX, TorchScript, faiss, PIL): temp file, then rename."""
+"""Atomic file writes: a temporary file beside the target, then a rename (checkpoints, tables, exports)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Writes a text file atomically (temporary file beside it, then rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from dmdl_dist.clustering.pseudo_labels import PseudoLabels, make_pseudo_labels, true_identity_labels
 from dmdl_dist.clustering.refine import gmm_confidence
 from dmdl_dist.config import Config
-from dmdl_dist.dist import comm
+from dmdl_dist.distributed import comm
 from dmdl_dist.engine.extract import extract_features
 from dmdl_dist.engine.step import Memories
 from dmdl_dist.memory import ClusterMemory, ShardedClusterMemory, centroids

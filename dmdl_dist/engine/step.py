@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from dmdl_dist.clustering.refine import refined_targets, topk_softmax
 from dmdl_dist.config import Config
-from dmdl_dist.dist.comm import all_gather_cat, all_gather_sizes
+from dmdl_dist.distributed.comm import all_gather_cat, all_gather_sizes
 from dmdl_dist.engine.losses import mmd_loss, soft_cross_entropy, triplet_loss
 from dmdl_dist.memory import ClusterMemory, ShardedClusterMemory
 from dmdl_dist.memory.sharded_loss import sharded_cai_contrast, sharded_contrast

@@ -24,20 +24,20 @@ from dmdl_dist.data.images import ImageDataset
 from dmdl_dist.data.manifest import INFRARED, VISIBLE, columns
 from dmdl_dist.data.samplers import balanced_batches
 from dmdl_dist.data.transforms import single_view, train_views
-from dmdl_dist.dist import comm
-from dmdl_dist.dist.backend import Engine, build_engine
-from dmdl_dist.dist.session import LocalSession
+from dmdl_dist.distributed import comm
+from dmdl_dist.distributed.backend import Engine, build_engine
+from dmdl_dist.distributed.session import LocalSession
 from dmdl_dist.engine import checkpoint as ckpt
+from dmdl_dist.engine.atomic import write_text
 from dmdl_dist.engine.data import RunData, load_run_data
 from dmdl_dist.engine.extract import extract_features
 from dmdl_dist.engine.recluster import Refresh, refresh
+from dmdl_dist.engine.snapshot import gap_snapshot, save_snapshot
 from dmdl_dist.engine.step import Batch, train_step, update_memories
 from dmdl_dist.eval.protocols import format_table
 from dmdl_dist.eval.run import evaluate_manifest
 from dmdl_dist.memory.io import save_memory_shards
 from dmdl_dist.models.backbone import build_model
-from dmdl_dist.report.gap import gap_snapshot, save_snapshot
-from dmdl_dist.report.report import write_report
 
 log = logging.getLogger("dmdl_dist")
 MODALITIES = (VISIBLE, INFRARED)
@@ -172,12 +172,13 @@ def train(
     echo=print,
     session: LocalSession | None = None,
 ) -> dict:
-    """The per-worker function: trains, checkpoints every epoch, evaluates the selected model.
+    """The per-worker function: trains, checkpoints every epoch, evaluates the selected model; returns the results.
 
     Local mode calls it directly (world size 1); the Ray launcher calls it in every worker with
     a RaySession. Model selection never reads the test set: the epoch with the best validation
     mAP on held-out training identities when data.holdout_val is set, else the last epoch.
-    `stop_after` ends the run after that many epochs in total, as an interruption would.
+    `stop_after` ends the run after that many epochs in total, as an interruption would. The
+    results (also in RUN_DIR/results.json) go back to the caller, which writes the report.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -253,9 +254,6 @@ def train(
             return {"stopped_at": state.epoch}
 
     results = final_evaluation(model, data, cfg, state, run_dir, device, echo) if main else None
-    if main and cfg.run.report:
-        # final_evaluation left the selected weights in the model: the ranked lists use it as it is
-        echo(f"report: {write_report(run_dir, model_inputs=(model, data.root, data.test, cfg, device))}")
     return comm.broadcast_object(results)
 
 
@@ -305,9 +303,7 @@ def final_evaluation(model, data: RunData, cfg: Config, state: TrainState, run_d
         "test": test,
         "best_val_mAP": state.best_val if state.best_epoch > 0 else None,
     }
-    tmp = run_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(run_dir / "results.json")
+    write_text(run_dir / "results.json", json.dumps(results, indent=2))
     echo(results_text(results, cfg.eval.trials))
     return results
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from dmdl_dist.dist import comm
+from dmdl_dist.distributed import comm
 from dmdl_dist.engine.checkpoint import save_atomic
 from dmdl_dist.memory.cluster_memory import ClusterMemory
 from dmdl_dist.memory.sharded import ShardedClusterMemory, reshard

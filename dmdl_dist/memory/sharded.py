@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from dmdl_dist.dist import comm
+from dmdl_dist.distributed import comm
 from dmdl_dist.memory.cluster_memory import centroids, momentum_update
 
 

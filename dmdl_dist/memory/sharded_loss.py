@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from dmdl_dist.clustering.refine import refined_targets
 from dmdl_dist.clustering.refine import topk_softmax as dense_topk_softmax
-from dmdl_dist.dist import comm
+from dmdl_dist.distributed import comm
 from dmdl_dist.memory.sharded import ShardedClusterMemory
 
 

@@ -1,16 +1,10 @@
-"""Atomic writes of the report's text and pictures (engine/atomic.py: temp file beside, then rename)."""
+"""Atomic writes of the report's pictures (engine/atomic.py: temp file beside, then rename)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from dmdl_dist.engine.atomic import atomic_path
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
 
 
 def save_figure(fig, path: str | Path) -> Path:

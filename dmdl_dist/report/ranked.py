@@ -16,7 +16,7 @@ import torch
 
 from dmdl_dist.config import Config
 from dmdl_dist.data.manifest import INFRARED, VISIBLE, columns
-from dmdl_dist.report.features import picture_features
+from dmdl_dist.engine.extract import picture_features
 from dmdl_dist.report.files import save_figure
 
 DPI = 100

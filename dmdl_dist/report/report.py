@@ -16,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
+from dmdl_dist.engine.atomic import write_text
 from dmdl_dist.report.curves import plot_curves
 from dmdl_dist.report.environment import environment, environment_markdown
-from dmdl_dist.report.files import write_text
 from dmdl_dist.report.gap import between_identity_distance, cross_modality_distance, load_snapshots
 from dmdl_dist.report.gap_plot import plot_gap
 from dmdl_dist.report.history import read_history
@@ -150,8 +150,8 @@ def _ranked_picture(run_dir: Path, out_png: Path, model_inputs: tuple | None) ->
         return None, "No checkpoint (best.pt or last.pt): no ranked lists."
     from dmdl_dist.data.datasets import load_manifest
     from dmdl_dist.data.manifest import select
-    from dmdl_dist.dist.session import local_device
-    from dmdl_dist.engine.inference import load_model
+    from dmdl_dist.distributed.session import local_device
+    from dmdl_dist.serve.inference import load_model
 
     device = local_device("auto")
     model, cfg = load_model(checkpoint, device)

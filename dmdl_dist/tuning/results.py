@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from dmdl_dist.config import save_config, total_epochs
 from dmdl_dist.data.manifest import write_parquet
-from dmdl_dist.report.files import write_text
+from dmdl_dist.engine.atomic import write_text
 from dmdl_dist.report.history import read_history
 from dmdl_dist.report.report import write_table_report
 from dmdl_dist.report.tb import write_tensorboard

@@ -34,7 +34,7 @@ from dmdl_dist.config import (
     to_dict,
     validate,
 )
-from dmdl_dist.report.files import write_text
+from dmdl_dist.engine.atomic import write_text
 from dmdl_dist.tuning.space import Dist, SearchSpace, check_space, grid_size, param_space
 
 log = logging.getLogger("dmdl_dist")
@@ -131,7 +131,7 @@ def run_trial(params: dict, *, base: dict, runs_local: str, runs_storage: str) -
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from dmdl_dist.dist.launcher import make_trainer
+    from dmdl_dist.distributed.launcher import make_trainer
 
     cfg = trial_config(base, params)
     trial_id = tune.get_context().get_trial_id()

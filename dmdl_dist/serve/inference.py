@@ -11,7 +11,7 @@ import torch
 from dmdl_dist.config import from_dict
 from dmdl_dist.data.datasets import load_manifest
 from dmdl_dist.data.manifest import columns, select
-from dmdl_dist.dist.session import local_device
+from dmdl_dist.distributed.session import local_device
 from dmdl_dist.engine import checkpoint as ckpt
 from dmdl_dist.engine.extract import extract_features
 from dmdl_dist.eval.run import FeatureFn, write_features_parquet

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from dmdl_dist.dist import comm
+from dmdl_dist.distributed import comm
 from dmdl_dist.engine import checkpoint as ckpt
-
 
 RANK_FILES = "ranks"  # checkpoint sub-folder of the files every rank writes itself
 RankWriter = Callable[[Path], None]

@@ -2,7 +2,7 @@
 
 Features are the flip-averaged test-time ones (`dmdl eval`'s), so scores are cosine similarities in
 [-1, 1]; an exact copy of a gallery image scores 1. The gallery's index is cached in the gallery
-folder (engine/gallery_index.py): a second search of the same folder with the same checkpoint only
+folder (serve/gallery_index.py): a second search of the same folder with the same checkpoint only
 extracts the query.
 """
 
@@ -16,7 +16,7 @@ import torch
 
 from dmdl_dist.data.images import find_bad_images, image_problem
 from dmdl_dist.engine.extract import extract_features
-from dmdl_dist.engine.gallery_index import (
+from dmdl_dist.serve.gallery_index import (
     GalleryIndex,
     build_index,
     file_digest,
@@ -26,7 +26,7 @@ from dmdl_dist.engine.gallery_index import (
     save_cached,
     search_index,
 )
-from dmdl_dist.engine.inference import load_model
+from dmdl_dist.serve.inference import load_model
 
 _SHOWN = 5  # unreadable gallery images an error lists
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dmdl_dist.config import Config, ConfigError
-from dmdl_dist.dist import comm
+from dmdl_dist.distributed import comm
 
 log = logging.getLogger("dmdl_dist")
 DEEPSPEED_TAG = "epoch"  # one DeepSpeed tag per checkpoint folder

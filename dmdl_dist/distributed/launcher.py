@@ -12,15 +12,20 @@ from dmdl_dist.config import Config, from_dict, to_dict, total_epochs
 
 def _worker(loop_config: dict) -> None:
     """Inside each Ray worker: the same `train` as local mode, with Ray's session."""
-    from dmdl_dist.dist.session import RaySession
+    from dmdl_dist.distributed import comm
+    from dmdl_dist.distributed.session import RaySession
     from dmdl_dist.engine.trainer import silent, train
 
     _quiet_ray_reports()
     cfg = from_dict(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
     session = RaySession(run_dir, launch_id=loop_config.get("launch_id", ""))
-    # The driver prints the epoch lines (dist/progress.py) and the results table; workers stay quiet.
-    train(cfg, run_dir, progress=False, echo=silent, session=session)
+    # The driver prints the epoch lines (distributed/progress.py) and the results table; workers stay quiet.
+    results = train(cfg, run_dir, progress=False, echo=silent, session=session)
+    if comm.is_main() and cfg.run.report and "test" in results:
+        from dmdl_dist.report.report import write_report  # on rank 0's node, where the test set is
+
+        write_report(run_dir)
 
 
 def _quiet_ray_reports() -> None:
@@ -63,7 +68,7 @@ def make_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from dmdl_dist.dist.progress import epoch_printer
+    from dmdl_dist.distributed.progress import epoch_printer
 
     run_dir = Path(run_dir).resolve()
     d = cfg.dist

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dmdl_dist.engine.export import INFO_KEY, INPUT, OUTPUT, TS_INFO_FILE, FeatureNet, quiet_jit, require_onnx
+from dmdl_dist.serve.export import INFO_KEY, INPUT, OUTPUT, TS_INFO_FILE, FeatureNet, quiet_jit, require_onnx
 
 
 def read_export_info(path: str | Path, fmt: str | None = None) -> dict:

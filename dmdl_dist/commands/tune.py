@@ -1,4 +1,4 @@
-"""The `dmdl tune` subcommand: cli.py adds it with `add_parsers(sub)` and dispatches through COMMANDS."""
+"""`dmdl tune`: a Ray Tune sweep of Ray Train runs (dmdl_dist/tuning/)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def add_parsers(sub) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from dmdl_dist.config import ConfigError, to_dict
-    from dmdl_dist.dist.launcher import connect
+    from dmdl_dist.distributed.launcher import connect
     from dmdl_dist.tuning.results import SweepError, records_from_grid, write_results
     from dmdl_dist.tuning.space import load_space
     from dmdl_dist.tuning.sweep import Sweep, prepare_base, run_sweep, unfinished_trials
@@ -65,3 +65,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"tune": cmd_tune}
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    from dmdl_dist.tuning.results import SweepError
+
+    return (SweepError,)

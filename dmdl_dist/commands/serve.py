@@ -1,14 +1,11 @@
-"""`dmdl export` and `dmdl search`: using a trained checkpoint outside training.
-
-cli.py wires these in: add_parsers(sub) adds the subcommands, COMMANDS maps each name to its
-function (args -> exit code), and user_errors() lists the exceptions that mean bad input or a missing
-optional dependency (one line to stderr, exit code 2, like cli.main's own list).
-"""
+"""`dmdl export` and `dmdl search`: using a trained checkpoint outside training (dmdl_dist/serve/)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from dmdl_dist.commands.common import positive_int
 
 PARITY_BATCH = 3  # images in the parity check after export: not the export's example batch of 2
 
@@ -30,24 +27,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gallery", type=Path, required=True,
                    help="folder of .jpg/.jpeg/.png/.bmp images (recursive); the index is cached in DIR/.dmdl_index")
     p.add_argument("--query", type=Path, required=True, help="query image")
-    p.add_argument("--top", type=_positive_int, default=10, help="how many gallery images to list (default 10)")
+    p.add_argument("--top", type=positive_int, default=10, help="how many gallery images to list (default 10)")
     p.add_argument("--out", type=Path, default=None, help="also draw the ranked list into this PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while the gallery is indexed")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
-    from dmdl_dist.engine.export import default_export_path, export_info, export_network, require_onnx
-    from dmdl_dist.engine.export_verify import verify_export
-    from dmdl_dist.engine.inference import load_model
+    from dmdl_dist.serve.export import default_export_path, export_info, export_network, require_onnx
+    from dmdl_dist.serve.export_verify import verify_export
+    from dmdl_dist.serve.inference import load_model
 
     if args.format == "onnx":
         require_onnx()  # before the checkpoint is read
@@ -65,12 +55,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from dmdl_dist.engine.search import format_hits, search
+    from dmdl_dist.serve.search import format_hits, search
 
     result = search(args.checkpoint, args.gallery, args.query, top=args.top, progress=not args.no_progress)
     print(format_hits(result))
     if args.out is not None:
-        from dmdl_dist.engine.search_figure import ranked_picture
+        from dmdl_dist.serve.search_figure import ranked_picture
 
         images = [result.gallery / hit.path for hit in result.hits]
         ranked_picture(result.query, images, [hit.score for hit in result.hits], args.out)
@@ -79,13 +69,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """Exceptions of these commands that mean bad input or a missing extra: print one line, exit 2.
-
-    FileNotFoundError (missing checkpoint, gallery or query) is in cli.main's list already.
-    """
-    from dmdl_dist.engine.export import MissingExtraError
-    from dmdl_dist.engine.gallery_index import EmptyGalleryError
-    from dmdl_dist.engine.search import GalleryImagesError, QueryImageError
+    """Exceptions of these commands that mean bad input or a missing extra (a missing checkpoint, gallery
+    or query is a FileNotFoundError, which cli.main handles for every command)."""
+    from dmdl_dist.serve.export import MissingExtraError
+    from dmdl_dist.serve.gallery_index import EmptyGalleryError
+    from dmdl_dist.serve.search import GalleryImagesError, QueryImageError
 
     return MissingExtraError, EmptyGalleryError, GalleryImagesError, QueryImageError
 

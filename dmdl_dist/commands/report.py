@@ -1,4 +1,4 @@
-"""`dmdl report RUN_DIR`: the CLI glue; cli.py adds these parsers and commands."""
+"""`dmdl report RUN_DIR`: (re)writes a run's report.md, pictures and TensorBoard events."""
 
 from __future__ import annotations
 
@@ -22,3 +22,7 @@ def cmd_report(args) -> int:
 
 
 COMMANDS = {"report": cmd_report}
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    return ()

@@ -1,0 +1,17 @@
+"""The handlers of the `dmdl` subcommands, one module per group; cli.py only parses and dispatches.
+
+Every module offers the same three things: `add_parsers(sub)` adds its subcommands to the argparse
+subparsers, `COMMANDS` maps each subcommand to its handler (argparse.Namespace -> exit code), and
+`user_errors()` lists the exceptions that mean bad input rather than a bug.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+GROUPS = ("train", "data", "evaluate", "serve", "report", "tune")
+
+
+def modules() -> list[ModuleType]:
+    return [importlib.import_module(f"dmdl_dist.commands.{name}") for name in GROUPS]
