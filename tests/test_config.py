@@ -90,7 +90,12 @@ def test_apply_overrides_is_the_tune_entry_point():
 
 @pytest.mark.parametrize("overrides, message", [
     (["dist.zero_stage=3"], "zero_stage must be 1 or 2"),
-    (["dist.precision=fp16", "dist.workers=2"], "fp16 needs loss scaling"),
+    (["dist.workers=3"], r"3 workers cannot split .* worker counts that can: \[1, 2, 4, 8, 16\]"),
+    (["train.iters_per_epoch=0"], "'train.iters_per_epoch' must be at least 1"),
+    (["train.stage1_epochs=-1"], "'train.stage1_epochs' must be at least 0"),
+    (["train.lr=0"], "'train.lr' must be positive"),
+    (["train.lr=-1e-3"], "'train.lr' must be positive"),
+    (["cluster.k1=0"], "'cluster.k1' must be at least 1"),
     (["dist.backend=deepspeed"], "add --workers"),
 ])
 def test_distributed_choices_that_cannot_work_are_refused_early(overrides, message):
