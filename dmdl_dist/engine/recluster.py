@@ -118,7 +118,9 @@ def refresh(
         counts = [int((lab >= 0).sum()) for lab in labels.labels]
         memories.prior = modality_prior(counts, cfg.cai.prior).to(device)
 
-    use_gmm = cfg.cbt.refine and cfg.cbt.confidence == "gmm" and epoch_in_stage >= cfg.cbt.warmup_epochs
+    share = cfg.cbt.confidence_from_stage1 if stage == 1 else cfg.cbt.confidence_from_stage2
+    stage_epochs = cfg.train.stage1_epochs if stage == 1 else cfg.train.stage2_epochs
+    use_gmm = cfg.cbt.refine and cfg.cbt.confidence == "gmm" and epoch_in_stage >= round(share * stage_epochs)
     if use_gmm:
         confidence = [
             label_confidence(f, lab, mem, cfg.cbt.confidence_scope)
