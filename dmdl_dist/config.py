@@ -166,6 +166,9 @@ class TrainConfig:
                          choices=("auto", "cpu", "cuda"))
     eval_batch_size: int = option(256, "batch size of feature extraction", stage=RUN)
     supervised: bool = option(False, "ceiling: the true identities instead of pseudo-labels")
+    init_from: str | None = option(None, "a checkpoint to start from (its weights, epoch and history), e.g. a stage-1 "
+                                   "run shared by a sweep's stage-2 trials; its config must match on the keys of "
+                                   "the epochs it trained", stage=RUN)
 
 
 @dataclass

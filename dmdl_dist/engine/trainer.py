@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from dmdl_dist.config import Config, save_config, to_dict, total_epochs
+from dmdl_dist.config import BOTH, Config, ConfigError, from_dict, save_config, schema_keys, to_dict, total_epochs
 from dmdl_dist.data.images import ImageDataset
 from dmdl_dist.data.manifest import INFRARED, VISIBLE, columns
 from dmdl_dist.data.samplers import balanced_batches
@@ -199,8 +199,12 @@ def train(
         model.load_state_dict(saved["model"])
         state = TrainState(**saved["state"])
         echo(f"resumed {run_dir} at epoch {state.epoch + 1}")
-    elif main:
-        save_config(cfg, run_dir / "config.yaml")
+    else:
+        if cfg.train.init_from:
+            state = warm_start(model, cfg, device)
+            echo(f"starting at epoch {state.epoch + 1} from {cfg.train.init_from}")
+        if main:
+            save_config(cfg, run_dir / "config.yaml")
     engine = build_engine(model, device, cfg)
     if saved is not None:
         engine.load_optimizer(saved.get("optimizer"), saved_files)
@@ -255,6 +259,30 @@ def train(
 
     results = final_evaluation(model, data, cfg, state, run_dir, device, echo) if main else None
     return comm.broadcast_object(results)
+
+
+def warm_start(model: torch.nn.Module, cfg: Config, device: torch.device) -> TrainState:
+    """Loads train.init_from (e.g. a shared stage-1 checkpoint): its weights, epoch counter and history.
+
+    The run continues from that epoch with its own config, which must equal the checkpoint's on every
+    key that acts in the epochs already trained (stage 1 or both), or the result would be another run's.
+    """
+    saved = ckpt.load(Path(cfg.train.init_from), map_location=device)
+    theirs = from_dict(saved["config"])
+    state = TrainState(**saved["state"])
+    stages = (1, BOTH) if state.epoch <= cfg.train.stage1_epochs else (1, 2, BOTH)
+    ours_flat, theirs_flat = to_dict(cfg), to_dict(theirs)
+    differ = [info.key for info in schema_keys() if info.stage in stages
+              and ours_flat[info.key.split(".")[0]][info.key.split(".")[1]]
+              != theirs_flat[info.key.split(".")[0]][info.key.split(".")[1]]]
+    if differ:
+        raise ConfigError(f"train.init_from={cfg.train.init_from} was trained with other values of {differ}, which "
+                          f"act in its {state.epoch} epochs; start from a checkpoint trained with this config")
+    if state.epoch > total_epochs(cfg):
+        raise ConfigError(f"train.init_from={cfg.train.init_from} has trained {state.epoch} epochs, more than this "
+                          f"run's {total_epochs(cfg)}")
+    model.load_state_dict(saved["model"])
+    return state
 
 
 def _save_rank_files(engine: Engine, ref: Refresh, folder: Path) -> None:
