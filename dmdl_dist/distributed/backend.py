@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dmdl_dist.config import Config, ConfigError
 from dmdl_dist.distributed import comm
+from dmdl_dist.distributed.sync_bn import convert_batchnorm
 
 log = logging.getLogger("dmdl_dist")
 DEEPSPEED_TAG = "epoch"  # one DeepSpeed tag per checkpoint folder
@@ -27,14 +28,35 @@ def _params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """dist.precision=auto: bf16 where the GPU has it, fp16 on other GPUs (the release ran fp16), fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 class Engine:
-    """DDP (or the bare module when the world size is 1) with Adam; bf16 through torch.autocast."""
+    """DDP (or the bare module when the world size is 1) with Adam; bf16 or fp16 through torch.autocast.
+
+    With several workers and model.sync_bn, BatchNorm statistics span the global batch
+    (distributed/sync_bn.py). fp16 scales the loss (torch.amp.GradScaler) and needs CUDA.
+    """
 
     def __init__(self, model: torch.nn.Module, device: torch.device, cfg: Config):
+        self.precision = resolve_precision(cfg.dist.precision, device)
+        if self.precision == "fp16" and device.type != "cuda":
+            raise ConfigError("dist.precision=fp16 needs a CUDA device; on CPU use bf16 or fp32")
+        if comm.world_size() > 1 and cfg.model.sync_bn:
+            model = convert_batchnorm(model, device)
         self.model = model  # the bare module: state dicts, evaluation, feature extraction
         self.device = device
-        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dist.precision]
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         self.net, self.optimizer = self._build(model, device, cfg)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" and not self._scales_itself else None
+
+    _scales_itself = False  # DeepSpeed's fp16 mode scales the loss on its own
 
     def _build(self, model, device, cfg):
         """(the module the forward calls, the optimizer)."""
@@ -55,8 +77,13 @@ class Engine:
 
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -85,28 +112,29 @@ class DeepSpeedEngine(Engine):
     same optimizer as the DDP engine's, so the backend changes nothing else.
     """
 
+    _scales_itself = True
+
     def _build(self, model, device, cfg):
         d = cfg.dist
-        if d.precision == "fp16" and device.type != "cuda":
-            raise ConfigError("dist.precision=fp16 needs a CUDA device; on CPU use bf16 or fp32")
         if not comm.is_distributed():
             raise ConfigError("dist.backend=deepspeed runs under Ray Train: add --workers N (N >= 1)")
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
         views = 2 if cfg.cbt.augment else 1
+        per_worker = cfg.data.num_pids * cfg.data.num_instances // (comm.world_size() if d.batch == "global" else 1)
         config = {
-            "train_micro_batch_size_per_gpu": 2 * cfg.data.num_pids * cfg.data.num_instances * views,
+            "train_micro_batch_size_per_gpu": 2 * per_worker * views,
             "gradient_accumulation_steps": 1,
             "optimizer": {"type": "Adam", "params": {"lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay,
                                                      "torch_adam": True, "adam_w_mode": False}},
             "zero_optimization": {"stage": d.zero_stage},
-            "torch_autocast": {"enabled": d.precision == "bf16", "dtype": "bfloat16"},
-            "fp16": {"enabled": d.precision == "fp16"},
+            "torch_autocast": {"enabled": self.precision == "bf16", "dtype": "bfloat16"},
+            "fp16": {"enabled": self.precision == "fp16"},
             "steps_per_print": 10**9,
         }
         model.to(memory_format=torch.contiguous_format)  # DeepSpeed flattens parameters: no channels_last
-        if d.precision == "fp16":
+        if self.precision == "fp16":
             model.half()  # DeepSpeed's fp16 mode trains a half module with fp32 master weights
         engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=_params(model), config=config)
         return engine, optimizer

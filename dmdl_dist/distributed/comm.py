@@ -158,3 +158,22 @@ class _ReplicatedSum(torch.autograd.Function):
 
 def replicated_sum(t: torch.Tensor) -> torch.Tensor:
     return _ReplicatedSum.apply(t) if is_distributed() else t
+
+
+@torch.no_grad()
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Element-wise mean over ranks of a 1-D tensor (on the rank's device): one all-reduce for many scalars."""
+    out = values.detach().clone()
+    if is_distributed():
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        out /= world_size()
+    return out
+
+
+@torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Every rank takes rank 0's buffers (BatchNorm running statistics), so that all extract alike."""
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)

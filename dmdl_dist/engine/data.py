@@ -51,6 +51,7 @@ class RunData:
     manifest: pa.Table
     train_paths: list[list[str]]  # per modality
     train_pids: list[np.ndarray]  # per modality (the true ids: only the supervised ceiling reads them)
+    train_camids: list[np.ndarray]  # per modality (camera-aware sampling)
     val: pa.Table | None  # held-out training ids, relabelled as a test split for the protocols
     test: pa.Table
 
@@ -60,16 +61,17 @@ def load_run_data(cfg: Config) -> RunData:
     manifest = load_manifest(cfg.data.dataset, root, trial=cfg.data.trial, holdout_val=cfg.data.holdout_val)
     manifest = verify_images(root, manifest, skip_bad=cfg.data.skip_bad_images)
     train = select(manifest, split="train")
-    paths, pids = [], []
+    paths, pids, camids = [], [], []
     for m in (VISIBLE, INFRARED):
         cols = columns(select(train, modality=m))
         if len(cols["path"]) == 0:
             raise ValueError(f"{root} has no training images of modality {m}; check the data set layout")
         paths.append(list(cols["path"]))
         pids.append(cols["pid"])
+        camids.append(cols["camid"])
     val = select(manifest, split="val")
     if val.num_rows:
         val = val.set_column(val.schema.get_field_index("split"), "split", pa.array(["test"] * val.num_rows))
     else:
         val = None
-    return RunData(root, manifest, paths, pids, val, select(manifest, split="test"))
+    return RunData(root, manifest, paths, pids, camids, val, select(manifest, split="test"))

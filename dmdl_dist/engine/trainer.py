@@ -16,24 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from dmdl_dist.config import BOTH, Config, ConfigError, from_dict, save_config, schema_keys, to_dict, total_epochs
-from dmdl_dist.data.images import ImageDataset
 from dmdl_dist.data.manifest import INFRARED, VISIBLE, columns
-from dmdl_dist.data.samplers import balanced_batches
-from dmdl_dist.data.transforms import single_view, train_views
 from dmdl_dist.distributed import comm
 from dmdl_dist.distributed.backend import Engine, build_engine
 from dmdl_dist.distributed.session import LocalSession
 from dmdl_dist.engine import checkpoint as ckpt
 from dmdl_dist.engine.atomic import write_text
 from dmdl_dist.engine.data import RunData, load_run_data
+from dmdl_dist.engine.epoch import EpochPlan, loader_workers, train_one_epoch
 from dmdl_dist.engine.extract import extract_features
 from dmdl_dist.engine.recluster import Refresh, refresh
+from dmdl_dist.engine.schedule import joint_sampling, lr_at, stage_of, step_settings
 from dmdl_dist.engine.snapshot import gap_snapshot, save_snapshot
-from dmdl_dist.engine.step import Batch, train_step, update_memories
+from dmdl_dist.errors import DmdlError
 from dmdl_dist.eval.protocols import format_table
 from dmdl_dist.eval.run import evaluate_manifest
 from dmdl_dist.memory.io import save_memory_shards
@@ -44,10 +41,16 @@ MODALITIES = (VISIBLE, INFRARED)
 
 
 @dataclass
+class DegenerateClusteringError(DmdlError):
+    """The clustering stayed degenerate (one giant cluster, or all outliers) for too many epochs."""
+
+
+@dataclass
 class TrainState:
     epoch: int = 0  # next epoch to run, counted over both stages
     best_val: float = -1.0
     best_epoch: int = -1
+    degenerate_epochs: int = 0  # epochs in a row whose clustering was degenerate
     history: list[dict] = field(default_factory=list)
 
 
@@ -57,92 +60,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def stage_of(epoch: int, cfg: Config) -> tuple[int, int]:
-    """(stage, epoch within the stage) of a global epoch number."""
-    s1 = cfg.train.stage1_epochs
-    return (1, epoch) if epoch < s1 else (2, epoch - s1)
-
-
-def lr_at(cfg: Config, epoch_in_stage: int) -> float:
-    """Step decay x lr_gamma every lr_step epochs, restarted at each stage."""
-    return cfg.train.lr * cfg.train.lr_gamma ** (epoch_in_stage // cfg.train.lr_step)
-
-
-def modality_loaders(data: RunData, ref: Refresh, cfg: Config, *, stage: int, epoch: int) -> list[DataLoader]:
-    """One loader per modality yielding P x K identity-balanced batches of (views, sample index)."""
-    loaders = []
-    for m in MODALITIES:
-        if cfg.cbt.augment:
-            transform = train_views(m, cfg.data.height, cfg.data.width, erase_p=cfg.cbt.erase_p, gray_p=cfg.cbt.gray_p)
-        else:
-            transform = single_view(m, cfg.data.height, cfg.data.width)
-        labels = ref.labels.labels[m] if stage == 1 else ref.labels.unified[m]
-        batches = balanced_batches(
-            labels, cfg.data.num_pids, cfg.data.num_instances, cfg.train.iters_per_epoch,
-            seed=cfg.train.seed * 100003 + epoch * 2 + m, rank=comm.rank(), world=comm.world_size(),
-        )
-        loaders.append(
-            DataLoader(
-                ImageDataset(data.root, data.train_paths[m], transform),
-                batch_sampler=batches,
-                num_workers=cfg.data.loader_workers,
-            )
-        )
-    return loaders
-
-
-def train_one_epoch(
-    engine: Engine,
-    data: RunData,
-    ref: Refresh,
-    cfg: Config,
-    *,
-    stage: int,
-    epoch: int,
-    epoch_in_stage: int,
-    device: torch.device,
-    progress: bool,
-) -> dict[str, float]:
-    """Runs iters_per_epoch steps; returns the mean of every named loss."""
-    engine.train()
-    stage_epochs = cfg.train.stage1_epochs if stage == 1 else cfg.train.stage2_epochs
-    triplet_weight = min(1.0, (epoch_in_stage + 1) / max(stage_epochs, 1))
-    sums: dict[str, float] = {}
-    loaders = modality_loaders(data, ref, cfg, stage=stage, epoch=epoch)
-    bar = tqdm(zip(*loaders, strict=True), total=cfg.train.iters_per_epoch, disable=not progress, leave=False,
-               desc=f"epoch {epoch + 1} stage {stage}", unit="it")
-    for step, step_batches in enumerate(bar):
-        if step == cfg.train.iters_per_epoch - 1:
-            comm.fault_point(f"epoch{epoch + 1}")
-        batches = []
-        for m, (views, idx) in enumerate(step_batches):
-            views = list(views) if isinstance(views, (list, tuple)) else [views]
-            idx_np = idx.numpy()
-            unified = None if stage == 1 else torch.as_tensor(ref.labels.unified[m][idx_np], device=device)
-            batches.append(Batch(
-                views=[v.to(device, non_blocking=True) for v in views],
-                labels=torch.as_tensor(ref.labels.labels[m][idx_np], device=device),
-                unified=unified,
-                confidence=torch.as_tensor(ref.confidence[m][idx_np], device=device),
-            ))
-        losses, feats = train_step(engine, batches, ref.memories, cfg, stage=stage, triplet_weight=triplet_weight)
-        total = sum(losses.values())
-        if not torch.isfinite(total):
-            values = {k: round(v.item(), 4) for k, v in losses.items()}
-            raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}: {values}")
-        engine.step(total)
-        update_memories(ref.memories, batches, feats, cfg)
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        sums["total"] = sums.get("total", 0.0) + float(total.detach())
-        bar.set_postfix(loss=f"{float(total.detach()):.3f}")
-    return {k: v / cfg.train.iters_per_epoch for k, v in sums.items()}
-
-
 def evaluate_split(model, data: RunData, manifest, cfg: Config, device, *, trials: int, flip: bool = True) -> dict:
     feats = extract_features(
         model, data.root, list(columns(manifest)["path"]), height=cfg.data.height, width=cfg.data.width,
-        device=device, batch_size=cfg.train.eval_batch_size, workers=cfg.data.loader_workers, flip=flip,
+        device=device, batch_size=cfg.train.eval_batch_size, workers=loader_workers(cfg), flip=flip,
     )
     mode = cfg.eval.mode if cfg.data.dataset in ("sysu", "synthvi") else None
     return evaluate_manifest(cfg.data.dataset, manifest, feats, mode=mode, trials=trials)
@@ -155,10 +76,13 @@ def _epoch_line(rec: dict, total_epochs: int) -> str:
         f"I {rec['clusters'][1]} outliers V {rec['outliers'][0]:.0%} I {rec['outliers'][1]:.0%}"
     )
     if rec["stage"] == 2:
-        line += f" shared {rec['num_unified']} assoc {rec['association_rate']:.0%}"
+        line += (f" anchor {'VI'[rec['anchor']]} shared {rec['num_shared']} assoc {rec['association_rate']:.0%}"
+                 f" conf V {rec['confidence'][0]:.2f} I {rec['confidence'][1]:.2f}")
     line += f" | refresh {rec['time']['refresh']:.1f}s train {rec['time']['train']:.1f}s"
     if "val_mAP" in rec:
         line += f" | val R1 {rec['val_rank1']:.1f} mAP {rec['val_mAP']:.1f}"
+    if rec.get("degenerate"):
+        line += f" | WARNING degenerate clustering: {'; '.join(rec['degenerate'])}"
     return line
 
 
@@ -209,7 +133,7 @@ def train(
     if saved is not None:
         engine.load_optimizer(saved.get("optimizer"), saved_files)
     echo(f"training on {device} x {comm.world_size()} ({cfg.dist.backend if comm.world_size() > 1 else 'local'}, "
-         f"{cfg.dist.precision}): {len(data.train_paths[0])} visible + "
+         f"{engine.precision}): {len(data.train_paths[0])} visible + "
          f"{len(data.train_paths[1])} infrared images, {total_epochs(cfg)} epochs -> {run_dir}")
 
     if main and state.epoch == 0 and cfg.run.report:
@@ -217,18 +141,24 @@ def train(
     while state.epoch < total_epochs(cfg):
         epoch = state.epoch
         stage, in_stage = stage_of(epoch, cfg)
-        if _stage_starts(epoch, cfg) and epoch > 0:
+        if in_stage == 0 and epoch > 0:
             engine.reset_optimizer()  # stage 2 starts afresh, as the two-stage recipe does
         seed_everything(cfg.train.seed * 1000 + epoch)  # per-epoch seeding: a resumed run repeats exactly
-        engine.set_lr(lr_at(cfg, in_stage))
+        engine.set_lr(lr_at(cfg, in_stage, comm.world_size()))
         t0 = time.perf_counter()
-        ref = refresh(model, str(data.root), data.train_paths, data.train_pids, cfg,
-                      stage=stage, epoch=epoch, epoch_in_stage=in_stage, device=device, progress=progress)
+        ref = refresh(model, str(data.root), data.train_paths, data.train_pids, cfg, stage=stage,
+                      epoch_in_stage=in_stage, device=device, progress=progress)
+        state.degenerate_epochs = state.degenerate_epochs + 1 if ref.degenerate else 0
+        if state.degenerate_epochs >= cfg.cluster.max_degenerate_epochs:
+            raise DegenerateClusteringError(_degenerate_advice(cfg, ref, state.degenerate_epochs))
         t1 = time.perf_counter()
-        losses = train_one_epoch(engine, data, ref, cfg, stage=stage, epoch=epoch,
-                                 epoch_in_stage=in_stage, device=device, progress=progress)
+        plan = EpochPlan(stage, epoch, step_settings(cfg, stage, in_stage), joint_sampling(cfg, stage, in_stage))
+        if any(not (lab >= 0).any() for lab in (ref.labels.train_labels(m) for m in MODALITIES)):
+            losses, steps = {}, {}  # a modality without a single cluster: nothing to train this epoch
+        else:
+            losses, steps = train_one_epoch(engine, data, ref, cfg, plan, device=device, progress=progress)
         t2 = time.perf_counter()
-        rec = _record(cfg, ref, losses, epoch, stage, t0, t1, t2)
+        rec = _record(cfg, ref, losses, steps, epoch, stage, t0, t1, t2)
         if data.val is not None:
             val = comm.broadcast_object(
                 evaluate_split(model, data, data.val, cfg, device, trials=1, flip=False) if main else None
@@ -300,21 +230,40 @@ def silent(*_args, **_kwargs) -> None:
     """An echo that prints nothing (ranks other than 0, Ray workers)."""
 
 
-def _stage_starts(epoch: int, cfg: Config) -> bool:
-    return stage_of(epoch, cfg)[1] == 0
+def _degenerate_advice(cfg: Config, ref: Refresh, epochs: int) -> str:
+    problems = "; ".join(ref.degenerate)
+    return (f"the clustering has been degenerate for {epochs} epochs in a row ({problems}), so training learns "
+            f"nothing useful. One giant cluster: lower cluster.eps (now {cfg.cluster.eps}) or cluster.k1 (now "
+            f"{cfg.cluster.k1}); every sample an outlier: raise cluster.eps or lower cluster.min_samples (now "
+            f"{cfg.cluster.min_samples}). cluster.max_degenerate_epochs (now {cfg.cluster.max_degenerate_epochs}) "
+            "sets how long this is tolerated.")
 
 
-def _record(cfg: Config, ref: Refresh, losses: dict, epoch: int, stage: int, t0: float, t1: float, t2: float) -> dict:
-    images = cfg.train.iters_per_epoch * 2 * cfg.data.num_pids * cfg.data.num_instances * comm.world_size()
-    return {
-        "epoch": epoch + 1, "stage": stage, "losses": losses,
-        "clusters": ref.labels.num_clusters,
-        "outliers": [ref.labels.outlier_fraction(m) for m in MODALITIES],
-        "num_unified": ref.labels.num_unified, "association_rate": ref.labels.association_rate(),
+def _record(cfg: Config, ref: Refresh, losses: dict, steps: dict, epoch: int, stage: int, t0: float, t1: float,
+            t2: float) -> dict:
+    """One metrics.jsonl record; plain Python types only (checkpoints load with weights_only=True)."""
+    views = 2 if cfg.cbt.augment else 1
+    batch = cfg.data.num_pids * cfg.data.num_instances * (comm.world_size() if cfg.dist.batch == "per_worker" else 1)
+    images = cfg.train.iters_per_epoch * 2 * batch * views if losses else 0
+    labels = ref.labels
+    rec = {
+        "epoch": epoch + 1, "stage": stage, "losses": losses, "step_losses": steps,
+        "clusters": [int(c) for c in labels.num_clusters],
+        "outliers": [labels.outlier_fraction(m) for m in MODALITIES],
+        "k1": [int(k) for k in labels.k1],
+        "confidence": [float(c[labels.train_labels(m) >= 0].mean()) if (labels.train_labels(m) >= 0).any() else 0.0
+                       for m, c in enumerate(ref.confidence)],
         "time": {"refresh": t1 - t0, "train": t2 - t1, **{f"refresh_{k}": v for k, v in ref.timings.items()}},
-        "images_per_s": images * (2 if cfg.cbt.augment else 1) / max(t2 - t1, 1e-9),
+        "images_per_s": images / max(t2 - t1, 1e-9),
+        "images_per_s_per_worker": images / max(t2 - t1, 1e-9) / comm.world_size(),
         "workers": comm.world_size(),
     }
+    if stage == 2:
+        rec.update({"anchor": int(labels.anchor), "num_shared": int(labels.num_shared),
+                    "association_rate": labels.association_rate(), "matching": labels.matching})
+    if ref.degenerate:
+        rec["degenerate"] = list(ref.degenerate)
+    return rec
 
 
 def final_evaluation(model, data: RunData, cfg: Config, state: TrainState, run_dir: Path, device, echo) -> dict:

@@ -22,7 +22,7 @@ NAMES = ("visible", "infrared", "unified")
 def _shard_state(mem: ClusterMemory | ShardedClusterMemory) -> dict:
     if isinstance(mem, ShardedClusterMemory):
         return mem.state_dict()
-    return {"shard": mem.centroids.cpu(), "start": 0, "num_clusters": mem.num_clusters,
+    return {"shard": mem.centroids.cpu(), "start": 0, "num_clusters": mem.num_clusters, "labels": mem.labels.cpu(),
             "temperature": mem.temperature, "momentum": mem.momentum}
 
 

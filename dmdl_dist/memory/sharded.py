@@ -13,19 +13,24 @@ import torch
 import torch.nn.functional as F
 
 from dmdl_dist.distributed import comm
-from dmdl_dist.memory.cluster_memory import centroids, momentum_update
+from dmdl_dist.memory.cluster_memory import centroids, row_lookup, rows_of, sequential_update
 
 
 class ShardedClusterMemory:
-    """This rank's slice of a C x D centroid memory; same update rule as ClusterMemory."""
+    """This rank's slice of a C x D centroid memory; same labels, rows and update rule as ClusterMemory."""
 
-    def __init__(self, shard: torch.Tensor, *, start: int, num_clusters: int, temperature: float = 0.05,
-                 momentum: float = 0.2):
+    def __init__(self, shard: torch.Tensor, *, start: int, num_clusters: int, labels: torch.Tensor | None = None,
+                 temperature: float = 0.05, momentum: float = 0.2):
         if not 0 <= start <= start + shard.shape[0] <= num_clusters:
             raise ValueError(f"shard rows [{start}, {start + shard.shape[0]}) lie outside 0..{num_clusters}")
         self.shard = F.normalize(shard.detach().float(), dim=1).clone()  # C_local x D
         self.start = start
         self.num_clusters = num_clusters
+        device = self.shard.device
+        # every rank knows every row's label (C ints): rows are found locally, only centroids are split
+        self.labels = (torch.arange(num_clusters, device=device) if labels is None
+                       else torch.as_tensor(labels, dtype=torch.long, device=device))
+        self._table = row_lookup(self.labels)
         self.temperature = temperature
         self.momentum = momentum
 
@@ -33,20 +38,24 @@ class ShardedClusterMemory:
     def end(self) -> int:
         return self.start + self.shard.shape[0]
 
+    def rows_of(self, labels: torch.Tensor) -> torch.Tensor:
+        """Global rows (0..C-1) of `labels`, -1 for labels without a row."""
+        return rows_of(self._table, labels)
+
     @classmethod
     def build(cls, feats: torch.Tensor, labels: torch.Tensor, num_clusters: int, *, rank: int | None = None,
               world: int | None = None, **kw) -> ShardedClusterMemory:
-        """Centroids of this rank's clusters from gathered features (N x D) and labels (N)."""
+        """Centroids of this rank's clusters from gathered features (N x D) and labels (N); row c is label c."""
         start, end = comm.shard_bounds(num_clusters, rank, world)
         own = (labels >= start) & (labels < end)
         return cls(centroids(feats[own], labels[own] - start, end - start), start=start, num_clusters=num_clusters,
                    **kw)
 
     @classmethod
-    def from_full(cls, full: torch.Tensor, *, rank: int | None = None, world: int | None = None,
-                  **kw) -> ShardedClusterMemory:
+    def from_full(cls, full: torch.Tensor, *, labels: torch.Tensor | None = None, rank: int | None = None,
+                  world: int | None = None, **kw) -> ShardedClusterMemory:
         start, end = comm.shard_bounds(full.shape[0], rank, world)
-        return cls(full[start:end], start=start, num_clusters=full.shape[0], **kw)
+        return cls(full[start:end], start=start, num_clusters=full.shape[0], labels=labels, **kw)
 
     def local_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """feats: B x D (unit rows) -> B x C_local similarity / temperature, columns start..end-1."""
@@ -54,9 +63,16 @@ class ShardedClusterMemory:
 
     @torch.no_grad()
     def update(self, feats: torch.Tensor, labels: torch.Tensor, momentum: torch.Tensor | float | None = None) -> None:
-        """The owner's update from every rank's batch: labels outside [start, end) are skipped."""
-        shifted = torch.where(labels >= 0, labels - self.start, labels)
-        momentum_update(self.shard, feats, shifted, self.momentum if momentum is None else momentum)
+        """The owner's update from every rank's batch: rows outside [start, end) are skipped."""
+        self.update_rows(feats, self.rows_of(labels), momentum)
+
+    @torch.no_grad()
+    def update_rows(self, feats: torch.Tensor, rows: torch.Tensor,
+                    momentum: torch.Tensor | float | None = None) -> None:
+        """Sequential update of global `rows` (-1: skip); only this shard's rows change."""
+        local = torch.where(rows >= 0, rows - self.start, rows)
+        local = torch.where(local >= self.shard.shape[0], -1, local)
+        sequential_update(self.shard, local, feats, self.momentum if momentum is None else momentum)
 
     def full(self) -> torch.Tensor:
         """All centroids, C x D, gathered from every rank (for inspection and export, not training)."""
@@ -64,7 +80,7 @@ class ShardedClusterMemory:
 
     def state_dict(self) -> dict:
         return {"shard": self.shard.cpu(), "start": self.start, "num_clusters": self.num_clusters,
-                "temperature": self.temperature, "momentum": self.momentum}
+                "labels": self.labels.cpu(), "temperature": self.temperature, "momentum": self.momentum}
 
 
 def reshard(states: Sequence[dict], rank: int, world: int) -> ShardedClusterMemory:
@@ -82,5 +98,5 @@ def reshard(states: Sequence[dict], rank: int, world: int) -> ShardedClusterMemo
     if covered != total:
         raise ValueError(f"memory shards cover {covered} of {total} clusters; a rank's shard file is missing")
     full = torch.cat([s["shard"] for s in states])
-    return ShardedClusterMemory.from_full(full, rank=rank, world=world, temperature=states[0]["temperature"],
-                                          momentum=states[0]["momentum"])
+    return ShardedClusterMemory.from_full(full, labels=states[0].get("labels"), rank=rank, world=world,
+                                          temperature=states[0]["temperature"], momentum=states[0]["momentum"])

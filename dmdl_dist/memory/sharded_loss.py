@@ -15,11 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from dmdl_dist.clustering.refine import refined_targets
-from dmdl_dist.clustering.refine import topk_softmax as dense_topk_softmax
 from dmdl_dist.distributed import comm
+from dmdl_dist.memory.cluster_memory import scores as split_scores
 from dmdl_dist.memory.sharded import ShardedClusterMemory
 
 
@@ -100,13 +98,18 @@ def soft_cross_entropy(
     return graph, rows
 
 
-def _gather_batch(views: Sequence[torch.Tensor], labels: torch.Tensor, lam: torch.Tensor):
-    sizes = comm.all_gather_sizes(labels.shape[0], labels.device)  # once: every view has this batch's rows
-    gathered = [comm.gather_with_grad(v, sizes) for v in views]
+def _gather_views(unit: torch.Tensor, views: int, labels: torch.Tensor, lam: torch.Tensor):
+    """Every rank's rows of each view (with gradient), this rank's slice of them, and the gathered labels/lam.
+
+    unit: VB x D, this rank's rows [view 1; view 2]; labels, lam: VB (repeated per view).
+    """
+    b = unit.shape[0] // views
+    sizes = comm.all_gather_sizes(b, unit.device)  # once: every view has this rank's b rows
+    gathered = [comm.gather_with_grad(v, sizes) for v in torch.split(unit, b)]
     mine = gathered[0][1]
-    row_weight = torch.repeat_interleave(1.0 / sizes.float(), sizes)  # 1 / (batch of the row's rank)
-    return ([g for g, _ in gathered], mine, comm.all_gather_cat(labels, sizes), comm.all_gather_cat(lam, sizes),
-            row_weight)
+    row_weight = torch.repeat_interleave(1.0 / sizes.float(), sizes) / views  # 1 / (rows of the row's rank)
+    return ([g for g, _ in gathered], mine, comm.all_gather_cat(labels[:b], sizes),
+            comm.all_gather_cat(lam[:b], sizes), row_weight)
 
 
 def _as_loss(graph: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -114,52 +117,63 @@ def _as_loss(graph: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return value.detach() + (graph - graph.detach())
 
 
-def sharded_contrast(
-    views: Sequence[torch.Tensor], memory: ShardedClusterMemory, labels: torch.Tensor, lam: torch.Tensor,
-    topk: int, refine: bool,
+def stage1_loss(
+    unit: torch.Tensor, memory: ShardedClusterMemory, labels: torch.Tensor, lam: torch.Tensor, views: int,
+    topk: int, soft: bool,
 ) -> torch.Tensor:
-    """The memory loss of engine/step.py's _contrast with a sharded memory: views V x (B x D) unit features."""
-    feats, mine, labels_all, lam_all, row_weight = _gather_batch(views, labels, lam)
+    """Stage 1's memory loss (engine/step.py) with a sharded memory; unit: VB x D, this rank's rows."""
+    feats, mine, labels_all, lam_all, row_weight = _gather_views(unit, views, labels, lam)
     logits = [memory.local_logits(f) for f in feats]  # V x (B_all x C_local)
-    graphs, values = [], []
+    graph, values = 0.0, []
     for v, z in enumerate(logits):
-        other = logits[(v + 1) % len(logits)]
-        index, weight = sparse_targets(other, memory.start, memory.num_clusters, labels_all, lam_all, topk, refine)
-        graph, rows = soft_cross_entropy(z, memory.start, index, weight, row_weight)
-        graphs.append(graph)
-        values.append(rows[mine].mean())
-    return _as_loss(torch.stack(graphs).mean(), torch.stack(values).mean())
+        other = logits[(v + 1) % views]
+        index, weight = sparse_targets(other, memory.start, memory.num_clusters, labels_all, lam_all, topk, soft)
+        g, rows = soft_cross_entropy(z, memory.start, index, weight, row_weight)
+        graph = graph + g
+        values.append(rows[mine])
+    return _as_loss(graph, torch.cat(values).mean())
 
 
-def adjusted_log_probs(
-    feats: torch.Tensor, memories: Sequence[ShardedClusterMemory], to_unified: Sequence[torch.Tensor],
-    prior: torch.Tensor, num_unified: int, temperature: float,
+def adjusted_probs(
+    feats: torch.Tensor, memories: Sequence[ShardedClusterMemory], prior: torch.Tensor, num_shared: int,
+    temperature: float, late: Sequence[torch.Tensor | None],
 ) -> torch.Tensor:
-    """CAI's log P(Y | do(X)) (models/cai.py) from sharded modality memories; B x U, the same on every rank."""
-    part = feats.new_zeros(feats.shape[0], num_unified)  # B x U
-    for m, (mem, mapping) in enumerate(zip(memories, to_unified, strict=True)):
-        z = feats @ mem.shard.t() / temperature  # B x C_local
+    """CAI's P(Y | do(X)) (models/cai.py) from sharded modality memories; B x U, the same on every rank."""
+    part = feats.new_zeros(feats.shape[0], num_shared)  # B x U
+    for m, mem in enumerate(memories):
+        z = split_scores(feats, mem.shard, temperature, late[m])  # B x C_local
         probs = torch.exp(z - logsumexp(z)[:, None])  # this rank's columns of the softmax over all C_m
-        part = part + prior[m] * feats.new_zeros(part.shape).index_add(1, mapping[mem.start : mem.end], probs)
-    return torch.log(comm.replicated_sum(part).clamp_min(1e-12))
+        part = part + prior[m] * feats.new_zeros(part.shape).index_add(1, mem.labels[mem.start : mem.end], probs)
+    return comm.replicated_sum(part)
 
 
-def sharded_cai_contrast(
-    views: Sequence[torch.Tensor], memories: Sequence[ShardedClusterMemory], to_unified: Sequence[torch.Tensor],
-    prior: torch.Tensor, num_unified: int, temperature: float, labels: torch.Tensor, lam: torch.Tensor, topk: int,
-    refine: bool,
-) -> torch.Tensor:
-    """CAI's loss with sharded memories: the adjusted prediction is dense over the U shared labels."""
-    feats, mine, labels_all, lam_all, row_weight = _gather_batch(views, labels, lam)
-    scores = [adjusted_log_probs(f, memories, to_unified, prior, num_unified, temperature) for f in feats]
-    graphs, values = [], []
-    for v, s in enumerate(scores):
-        other = scores[(v + 1) % len(scores)].detach()
-        if refine:  # the scores are replicated, not sharded: the dense top-k applies
-            target = refined_targets(dense_topk_softmax(other, min(topk, num_unified)), labels_all, lam_all)
-        else:
-            target = F.one_hot(labels_all.long(), num_unified).float()
-        rows = -(target * torch.log_softmax(s, dim=1)).sum(1)  # B, alike on every rank
-        graphs.append((row_weight * rows).sum() / comm.world_size())
-        values.append(rows.detach()[mine].mean())
-    return _as_loss(torch.stack(graphs).mean(), torch.stack(values).mean())
+def stage2_losses(unit: torch.Tensor, memories, m: int, labels: torch.Tensor, lam: torch.Tensor, views: int, s):
+    """Stage 2's (own loss, CAI loss or None, target at the label: VB) of modality m with sharded memories.
+
+    The refined target's top-k over the unified memory comes from a gathered top-k; the own loss is a
+    hard cross-entropy over the sharded shared-space memory; CAI's adjusted prediction is dense over
+    the U shared labels and replicated on every rank. The infrared rows' gradient through the anchor
+    memory uses its preview shard, as engine/step.py does with the whole memory.
+    """
+    feats, mine, labels_all, lam_all, row_weight = _gather_views(unit, views, labels, lam)
+    unified, own_mem = memories.unified, memories.own[m]
+    late = [memories.anchor_preview if (m == 1 and i == memories.anchor) else None for i in range(len(memories.own))]
+    scores = [unified.local_logits(f).detach() for f in feats]  # V x (B_all x U_local)
+    own_graph, own_values, cai_graph, cai_values, t_at = 0.0, [], 0.0, [], []
+    for v, f in enumerate(feats):
+        index, weight = sparse_targets(scores[(v + 1) % views], unified.start, unified.num_clusters, labels_all,
+                                       lam_all, s.topk, s.soft_targets)  # B_all x (k + 1)
+        t_at.append((weight * (index == labels_all[:, None])).sum(1)[mine])
+        rows = own_mem.rows_of(labels_all)[:, None]
+        z = split_scores(f, own_mem.shard, own_mem.temperature, late[m])
+        g, r = soft_cross_entropy(z, own_mem.start, rows, torch.ones_like(rows, dtype=torch.float32), row_weight)
+        own_graph = own_graph + g
+        own_values.append(r[mine])
+        if s.cai_weight > 0:
+            probs = adjusted_probs(f, memories.own, memories.prior, unified.num_clusters, s.cai_temperature, late)
+            r = -(weight * torch.log(probs.gather(1, index).clamp_min(1e-30))).sum(1)  # B_all, alike on every rank
+            cai_graph = cai_graph + (row_weight * r).sum() / comm.world_size()
+            cai_values.append(r.detach()[mine])
+    own = _as_loss(own_graph, torch.cat(own_values).mean())
+    cai = _as_loss(cai_graph, torch.cat(cai_values).mean()) if s.cai_weight > 0 else None
+    return own, cai, torch.cat(t_at)
