@@ -1,15 +1,26 @@
+import itertools
+import math
 import pickle
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from dmdl_dist.data import transforms as T
+from dmdl_dist.data.images import ImageDataset
 from dmdl_dist.data.manifest import INFRARED, VISIBLE
 
 MEAN = torch.tensor(T.IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(T.IMAGENET_STD).view(3, 1, 1)
+# The release's maps for output channels 0, 1, 2 (ChannelAug.PseudoColor_new: 5/17, 14/0, 21/2).
+RELEASE_MAPS = (
+    (cv2.COLORMAP_OCEAN, cv2.COLORMAP_CIVIDIS),
+    (cv2.COLORMAP_INFERNO, cv2.COLORMAP_AUTUMN),
+    (cv2.COLORMAP_DEEPGREEN, cv2.COLORMAP_JET),
+)
 
 
 def _image(height=150, width=70, gray=False, seed=0):
@@ -18,70 +29,214 @@ def _image(height=150, width=70, gray=False, seed=0):
     return Image.fromarray(np.repeat(pixels, 3, axis=2) if gray else pixels)
 
 
-def _unnormalise(x):
-    return x * STD + MEAN
+def _normalise(pil):
+    return (torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255).permute(2, 0, 1) - MEAN) / STD
 
 
-def _equal_channels(x, atol=1e-5):
+def _equal_channels(x, atol=1e-6):
     return torch.allclose(x[0], x[1], atol=atol) and torch.allclose(x[1], x[2], atol=atol)
+
+
+def _seeded(transform, image, seed):
+    torch.manual_seed(seed)
+    return transform(image)
+
+
+def _within(count, n, p, sigmas=4.5):
+    return abs(count - n * p) <= sigmas * math.sqrt(n * p * (1 - p))
 
 
 @pytest.mark.parametrize("modality", [VISIBLE, INFRARED])
 def test_train_views_give_two_tensors_of_the_asked_size(modality):
     torch.manual_seed(0)
-    views = T.train_views(modality, 64, 32)(_image(gray=modality == INFRARED))
+    transform = T.train_views(modality, 64, 32, erase_p=0.5, gray_p=0.5, erase_max_area=0.5)
+    views = transform(_image(gray=modality == INFRARED))
     assert len(views) == 2
     for view in views:
-        assert view.shape == (3, 64, 32) and view.dtype == torch.float32
+        assert type(view) is torch.Tensor and view.shape == (3, 64, 32) and view.dtype == torch.float32
     assert not torch.equal(views[0], views[1])
 
 
 def test_single_and_test_transforms():
     image = _image()
-    assert T.single_view(VISIBLE, 64, 32)(image).shape == (3, 64, 32)
+    assert T.single_view(VISIBLE, 64, 32, erase_p=0.5, erase_max_area=0.5)(image).shape == (3, 64, 32)
     out = T.test_transform(64, 32)(image)
     assert out.shape == (3, 64, 32)
     assert torch.equal(out, T.test_transform(64, 32)(image))  # deterministic
 
 
-def test_channel_exchange_makes_channels_equal_and_varies_the_source():
-    img = torch.stack([torch.full((4, 3), v) for v in (0.2, 0.5, 0.8)])
-    torch.manual_seed(0)
-    seen = set()
-    for _ in range(40):
-        out = T.ChannelExchange()(img)
-        assert out.shape == img.shape and _equal_channels(out)
-        seen.add(round(float(out[0, 0, 0]), 4))
-    luma = round(sum(w * v for w, v in zip(T.LUMA, (0.2, 0.5, 0.8), strict=True)), 4)
-    assert seen == {0.2, 0.5, 0.8, luma}
-
-
-def test_channel_adaptive_gray_is_a_convex_mix():
-    torch.manual_seed(0)
-    img = torch.rand(3, 8, 4)
-    out = T.ChannelAdaptiveGray(p=1.0)(img)
-    assert _equal_channels(out)
-    assert torch.all(out[0] >= img.amin(0) - 1e-6) and torch.all(out[0] <= img.amax(0) + 1e-6)
-    assert torch.equal(T.ChannelAdaptiveGray(p=0.0)(img), img)
-
-
-def test_pseudo_colour_colours_an_intensity_ramp():
-    torch.manual_seed(0)
-    ramp = torch.linspace(0, 1, 32).view(1, 1, 32).expand(3, 4, 32)
-    out = T.PseudoColour()(ramp)
-    assert out.shape == ramp.shape
-    assert out.min() >= 0 and out.max() <= 1
-    assert not _equal_channels(out, atol=1e-2)
-    assert torch.equal(out[:, 0], out[:, 3])  # the same intensity gets the same colour
-
-
-def test_infrared_gray_view_and_visible_exchange_view_have_equal_channels_before_normalising():
-    torch.manual_seed(0)
+def test_test_transform_resizes_bicubic():
     image = _image()
-    infrared_first, _ = T.train_views(INFRARED, 64, 32, gray_p=1.0)(image)
-    _, visible_second = T.train_views(VISIBLE, 64, 32, erase_p=0.0)(image)
-    assert _equal_channels(_unnormalise(infrared_first))
-    assert _equal_channels(_unnormalise(visible_second))
+    expected = _normalise(image.resize((32, 64), Image.BICUBIC))
+    assert torch.allclose(T.test_transform(64, 32)(image), expected, atol=1e-6)
+
+
+def test_training_view_is_a_flipped_or_not_crop_of_the_zero_padded_bicubic_resize():
+    image = _image()
+    padded = np.pad(np.asarray(image.resize((32, 64), Image.BICUBIC)), ((10, 10), (10, 10), (0, 0)))
+    full = _normalise(Image.fromarray(padded))  # 3 x 84 x 52
+    crops = {}
+    for top, left in itertools.product(range(21), range(21)):
+        crop = full[:, top : top + 64, left : left + 32]
+        crops[top, left, False], crops[top, left, True] = crop, crop.flip(-1)
+    found = []
+    for seed in range(12):
+        torch.manual_seed(seed)
+        view, _ = T.train_views(VISIBLE, 64, 32, erase_p=0.0)(image)
+        matches = [key for key, crop in crops.items() if torch.allclose(view, crop, atol=1e-5)]
+        assert len(matches) >= 1, f"seed {seed}: view 1 is no crop of the padded bicubic resize"
+        found.append(matches[0])
+    assert len({key[:2] for key in found}) > 1 and {key[2] for key in found} == {False, True}
+
+
+def test_erasing_comes_after_normalisation_and_boxes_have_the_asked_area():
+    image = _image()
+    height, width, max_area = 64, 32, 0.1
+    areas, erased = [], []
+    for seed in range(300):
+        plain = _seeded(T.single_view(VISIBLE, height, width, erase_p=0.0, erase_max_area=max_area), image, seed)
+        out = _seeded(T.single_view(VISIBLE, height, width, erase_p=1.0, erase_max_area=max_area), image, seed)
+        changed = (plain != out).any(0)  # H x W
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        h, w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+        assert changed.sum() == h * w, "the erased pixels form one box"
+        box = (slice(None), slice(int(rows[0]), int(rows[0]) + h), slice(int(cols[0]), int(cols[0]) + w))
+        assert (plain[box] != out[box]).all(), "every channel of the box is erased"
+        assert torch.equal(out[:, ~changed], plain[:, ~changed]), "outside the box, the normalised image"
+        # h and w are rounded from a drawn area a: a lies in [(h - .5)(w - .5), (h + .5)(w + .5)].
+        low, high = (h - 0.5) * (w - 0.5), (h + 0.5) * (w + 0.5)
+        assert low <= max_area * height * width and high >= 0.02 * height * width
+        areas.append(h * w / (height * width))
+        erased.append(out[box].flatten())
+    values = torch.cat(erased)
+    assert abs(float(values.mean())) < 0.03 and abs(float(values.std()) - 1) < 0.03  # N(0, 1), not normalised N(0, 1)
+    assert max(areas) > 0.08 and min(areas) < 0.03
+
+
+def test_erasing_probability_and_the_larger_area_of_stage_2():
+    torch.manual_seed(0)
+    erase = T.RandomErasing(0.5, max_area=0.1)
+    count = sum(bool((erase(torch.zeros(3, 64, 32)) != 0).any()) for _ in range(400))
+    assert _within(count, 400, 0.5)
+    wide = T.RandomErasing(1.0, max_area=0.6)
+    largest = max(float((wide(torch.zeros(3, 288, 144)) != 0).any(0).float().mean()) for _ in range(200))
+    assert 0.5 < largest <= 0.61
+
+
+def test_infrared_view_1_copies_a_channel_three_times_in_four_and_grays_one_in_eight():
+    torch.manual_seed(0)
+    img = torch.randn(3, 4, 5)
+    gray = sum(w * img[c] for c, w in enumerate(T.GRAY_WEIGHTS))
+    op, n = T.ChannelAdaptiveGray(gray_p=0.5), 2000
+    counts = {"copy0": 0, "copy1": 0, "copy2": 0, "gray": 0, "unchanged": 0}
+    for _ in range(n):
+        out = op(img)
+        kinds = [f"copy{c}" for c in range(3) if torch.equal(out, img[c].expand(3, -1, -1))]
+        kinds += ["gray"] * torch.allclose(out, gray.expand(3, -1, -1), atol=1e-6)
+        kinds += ["unchanged"] * torch.equal(out, img)
+        assert len(kinds) == 1, kinds
+        counts[kinds[0]] += 1
+    copies = counts["copy0"] + counts["copy1"] + counts["copy2"]
+    assert _within(copies, n, 3 / 4) and _within(counts["gray"], n, 1 / 8) and _within(counts["unchanged"], n, 1 / 8)
+    assert all(_within(counts[f"copy{c}"], n, 1 / 4) for c in range(3))
+
+
+def test_visible_view_2_always_copies_one_channel_never_gray():
+    torch.manual_seed(0)
+    img = torch.randn(3, 4, 5)
+    counts = [0, 0, 0]
+    for _ in range(600):
+        out = T.ChannelExchange()(img)
+        sources = [c for c in range(3) if torch.equal(out, img[c].expand(3, -1, -1))]
+        assert len(sources) == 1
+        counts[sources[0]] += 1
+    assert all(_within(count, 600, 1 / 3) for count in counts)
+
+
+def test_channel_steps_run_after_erasing_on_the_normalised_view():
+    image = _image(gray=True)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        _, visible_second = T.train_views(VISIBLE, 64, 32, erase_p=1.0)(image)
+        infrared_first, _ = T.train_views(INFRARED, 64, 32, erase_p=1.0, gray_p=1.0)(image)
+        assert _equal_channels(visible_second) and _equal_channels(infrared_first)
+
+
+def test_pseudo_colour_channels_are_the_release_opencv_maps_for_all_eight_choices():
+    assert T.PSEUDO_COLOUR_MAPS == RELEASE_MAPS
+    plane = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    rgb = np.repeat(plane[..., None], 3, axis=2)
+    outputs = set()
+    for maps in itertools.product(*RELEASE_MAPS):
+        out = T.pseudo_colour(rgb, maps)
+        assert out.shape == rgb.shape and out.dtype == np.uint8
+        for channel, colour_map in enumerate(maps):
+            np.testing.assert_array_equal(out[..., channel], cv2.applyColorMap(rgb, colour_map)[..., channel])
+            np.testing.assert_array_equal(out[..., channel], cv2.applyColorMap(plane, colour_map)[..., channel])
+        outputs.add(out.tobytes())
+    assert len(outputs) == 8
+
+
+def test_pseudo_colour_draws_each_of_the_eight_combinations():
+    plane = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    rgb = np.repeat(plane[..., None], 3, axis=2)
+    expected = {T.pseudo_colour(rgb, maps).tobytes(): maps for maps in itertools.product(*RELEASE_MAPS)}
+    seen = set()
+    for seed in range(100):
+        torch.manual_seed(seed)
+        out = np.asarray(T.PseudoColour()(Image.fromarray(rgb)))
+        seen.add(expected[out.tobytes()])
+    assert len(seen) == 8
+
+
+def test_sample_seed_is_a_63_bit_function_of_all_five_numbers():
+    base = (7, 3, 120, 45, 1)
+    seed = T.sample_seed(*base)
+    assert isinstance(seed, int) and 0 <= seed < 2**63 and seed == T.sample_seed(*base)
+    for i in range(5):
+        moved = list(base)
+        moved[i] += 1
+        assert T.sample_seed(*moved) != seed
+
+
+def _write_images(root, n=3):
+    paths = []
+    for i in range(n):
+        path = f"img{i}.png"
+        _image(40, 20, gray=i % 2 == 1, seed=i).save(root / path)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("modality", [VISIBLE, INFRARED])
+def test_seeded_keys_give_the_same_views_in_any_loader_process(tmp_path, modality):
+    dataset = ImageDataset(tmp_path, _write_images(tmp_path), T.train_views(modality, 32, 16, erase_p=0.5))
+    batches = [[(0, 11), (1, 12)], [(2, 13), (0, 14)], [(1, 12), (0, 11)]]
+
+    def load(workers):
+        return list(DataLoader(dataset, batch_sampler=batches, num_workers=workers))
+
+    inline, spawned = load(0), load(2)
+    for (views_a, index_a), (views_b, index_b) in zip(inline, spawned, strict=True):
+        assert torch.equal(index_a, index_b)
+        assert all(torch.equal(a, b) for a, b in zip(views_a, views_b, strict=True))
+    (first, second), index = inline[0]
+    assert first.shape == (2, 3, 32, 16) and index.tolist() == [0, 1]
+    again, _ = inline[2]
+    assert torch.equal(first[0], again[0][1]) and torch.equal(second[0], again[1][1])  # (0, 11) anywhere
+    other, _ = inline[1]
+    assert not torch.equal(first[0], other[0][1])  # (0, 14): another seed, other views
+
+
+def test_seeded_keys_leave_the_callers_generator_alone(tmp_path):
+    dataset = ImageDataset(tmp_path, _write_images(tmp_path), T.train_views(VISIBLE, 32, 16))
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    views, index = dataset[(np.int64(1), 99)]
+    assert index == 1 and torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(views, dataset[(1, 99)][0], strict=True))
+    plain, index = dataset[2]  # evaluation keys: no seeding, the generator moves on
+    assert index == 2 and not torch.equal(torch.get_rng_state(), state)
 
 
 def test_views_pickle_for_dataloader_workers():
@@ -89,6 +244,10 @@ def test_views_pickle_for_dataloader_workers():
     assert views(_image(gray=True))[1].shape == (3, 64, 32)
 
 
-def test_unknown_modality_is_refused():
+def test_unknown_modality_and_bad_probabilities_are_refused():
     with pytest.raises(ValueError, match="modality"):
         T.train_views(2, 64, 32)
+    with pytest.raises(ValueError, match="erased area"):
+        T.single_view(VISIBLE, 64, 32, erase_max_area=0.01)
+    with pytest.raises(ValueError, match="gray probability"):
+        T.train_views(INFRARED, 64, 32, gray_p=1.5)

@@ -115,7 +115,14 @@ def load_image(root: str | Path, path: str) -> Image.Image:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Images by position: returns (transform(image), index), the index naming the manifest row."""
+    """Images by position: returns (transform(image), index), the index naming the manifest row.
+
+    A key is an index (evaluation: the transform's draws come from whatever state torch's
+    generator is in) or an (index, seed) pair (training: the draws come from torch's CPU generator
+    seeded with seed, the caller's state restored afterwards). Seeded keys give a sample the same
+    views in any process and after any other sample, so a run's augmentation does not depend on
+    how many workers or loader processes share it (seeds from transforms.sample_seed).
+    """
 
     def __init__(self, root: str | Path, paths: Sequence[str], transform: Callable) -> None:
         self.root = Path(root)
@@ -127,5 +134,13 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        return self.transform(load_image(self.root, str(self.paths[index]))), index
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
+        if not isinstance(key, (tuple, list)):
+            return self.transform(load_image(self.root, str(self.paths[key]))), key
+        index, seed = (int(k) for k in key)
+        image = load_image(self.root, str(self.paths[index]))
+        with torch.random.fork_rng(devices=[]):  # CPU generator only; the transforms run on CPU
+            # torch.manual_seed's CPU part alone: it would also seed (lazily) every accelerator
+            # generator, at 100x the cost (~120 us a sample).
+            torch.default_generator.manual_seed(seed)
+            return self.transform(image), index
