@@ -1,12 +1,8 @@
-import warnings
-
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.mixture import GaussianMixture
 
-from dmdl_dist.clustering.refine import gmm_confidence, refined_targets, topk_softmax
+from dmdl_dist.clustering.refine import refined_targets, topk_softmax
 from dmdl_dist.engine.losses import mmd_loss, soft_cross_entropy, triplet_loss
 
 
@@ -83,37 +79,3 @@ def test_refined_targets_interpolate_between_memory_and_label():
     assert mixed.dtype == torch.float32
     assert torch.allclose(mixed[0], 0.75 * p_memory[0] + 0.25 * onehot[0])
     assert torch.allclose(mixed.sum(1), torch.ones(3))
-
-
-def _bimodal(rng, n_low, n_high, scale=1.0):
-    return np.concatenate([rng.normal(0.2, 0.05, n_low), rng.normal(2.0, 0.1, n_high)]) * scale
-
-
-def test_gmm_confidence_trusts_low_loss_samples():
-    rng = np.random.default_rng(0)
-    losses = _bimodal(rng, 60, 20)
-    conf = gmm_confidence(losses)
-    assert conf.shape == (80,) and conf.dtype == np.float32
-    assert conf[:60].min() > 0.9 and conf[60:].max() < 0.1
-
-
-def test_gmm_confidence_per_group_and_tiny_groups():
-    rng = np.random.default_rng(1)
-    # Group 0 lives on a 100x larger loss scale than group 1: per-group normalisation separates both.
-    losses = np.concatenate([_bimodal(rng, 8, 4, 100.0), _bimodal(rng, 8, 4), [5.0, 0.1], [1.0, 1.0, 1.0, 1.0]])
-    groups = np.repeat([7, 3, 9, 5], [12, 12, 2, 4])
-    conf = gmm_confidence(losses, groups, min_group=4)
-    for start in (0, 12):
-        assert conf[start : start + 8].min() > 0.9 and conf[start + 8 : start + 12].max() < 0.1
-    assert np.all(conf[24:] == 1.0)  # a group of 2 and a group of constant loss
-
-
-def test_gmm_confidence_matches_sklearn_on_bimodal_losses():
-    rng = np.random.default_rng(2)
-    x = np.concatenate([rng.normal(0.3, 0.1, 40), rng.normal(1.0, 0.3, 25)])
-    normalised = (x - x.min()) / (x.max() - x.min())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # max_iter=10 stops before sklearn's own convergence
-        gmm = GaussianMixture(2, max_iter=10, reg_covar=5e-4, tol=1e-2, random_state=0).fit(normalised[:, None])
-    expected = gmm.predict_proba(normalised[:, None])[:, np.argmin(gmm.means_[:, 0])]
-    assert np.allclose(gmm_confidence(x), expected, atol=1e-4)

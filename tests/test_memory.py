@@ -1,8 +1,6 @@
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dmdl_dist.data.samplers import balanced_batches
 from dmdl_dist.memory import ClusterMemory, centroids
 from dmdl_dist.models.cai import adaptive_momentum, adjusted_log_probs, modality_prior
 
@@ -66,22 +64,3 @@ def test_backdoor_adjustment_sums_modalities_by_prior():
 
 def test_uniform_prior():
     assert torch.allclose(modality_prior([5, 95], "uniform"), torch.tensor([0.5, 0.5]))
-
-
-def test_balanced_batches_shape_and_disjoint_ranks():
-    labels = np.repeat(np.arange(10), 3)
-    labels[::7] = -1
-    b0 = balanced_batches(labels, 3, 4, 5, seed=9, rank=0, world=2)
-    b1 = balanced_batches(labels, 3, 4, 5, seed=9, rank=1, world=2)
-    for x, y in zip(b0, b1, strict=False):
-        assert x.shape == (12,) and (labels[x] >= 0).all()
-        lx, ly = labels[x].reshape(3, 4), labels[y].reshape(3, 4)
-        assert (lx == lx[:, :1]).all()  # K instances of one label per row
-        assert not set(lx[:, 0]) & set(ly[:, 0])  # ranks never share a label within a step
-
-
-def test_balanced_batches_all_outliers_is_an_error():
-    import pytest
-
-    with pytest.raises(ValueError, match="outlier"):
-        balanced_batches(np.full(5, -1), 2, 2, 1, seed=0)
