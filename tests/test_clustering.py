@@ -11,7 +11,7 @@ from dmdl_dist.clustering import (
     jaccard_distance,
     unified_labels,
 )
-from dmdl_dist.clustering.pseudo_labels import make_pseudo_labels, true_identity_labels
+from dmdl_dist.clustering.pseudo_labels import make_pseudo_labels, shared_space, true_identity_labels
 
 
 def blobs(per, centres, d=16, noise=0.05, seed=0):
@@ -93,24 +93,57 @@ def test_unified_labels_rejects_unknown_clusters():
         unified_labels(np.array([0, 2]), np.array([0, 1]), a)
 
 
-def test_pseudo_labels_stage2_share_identities_across_modalities():
-    x, truth = blobs(8, 4, seed=2)
+def _two_modalities(seed=2):
+    x, truth = blobs(8, 4, seed=seed)
     ir = x + 0.02 * np.random.default_rng(3).normal(size=x.shape).astype(np.float32)
-    ir /= np.linalg.norm(ir, axis=1, keepdims=True)
-    pl = make_pseudo_labels([x, ir], stage=2, epoch=0, k1=6, k2=3, eps=0.6, min_samples=3)
-    assert pl.num_clusters == [4, 4] and pl.num_unified == 4
+    return x, ir / np.linalg.norm(ir, axis=1, keepdims=True), truth
+
+
+@pytest.mark.parametrize("epoch, anchor", [(0, 1), (1, 0), (2, 1)])
+def test_stage2_shared_labels_are_the_anchor_clusters_and_k1_alternates(epoch, anchor):
+    x, ir, truth = _two_modalities()
+    pl = make_pseudo_labels([x, ir], stage=2, epoch_in_stage=epoch, k1=6, k1_source=4, k2=3, eps=0.6,
+                            min_samples=3)
+    assert pl.anchor == anchor and pl.matching == "cluster"
+    assert pl.k1 == [6, 4] if anchor == 0 else pl.k1 == [4, 6]  # the anchor modality gets k1
+    assert pl.num_shared == pl.num_clusters[anchor] == 4  # the source may split blobs: they map to one label
+    assert np.array_equal(pl.shared[anchor], pl.labels[anchor])  # the anchor's clusters are the shared labels
     for c in range(4):
-        assert len({*pl.unified[0][truth == c], *pl.unified[1][truth == c]}) == 1
+        assert len({*pl.shared[0][truth == c], *pl.shared[1][truth == c]}) == 1
     assert pl.association_rate() == 1.0
-    for m in range(2):
-        assert np.array_equal(pl.to_unified[m][pl.labels[m]], pl.unified[m])
     assert {"jaccard_visible", "dbscan_infrared", "association"} <= set(pl.timings)
 
 
+def test_nearest_matching_lets_several_source_clusters_share_a_label():
+    vis = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]], np.float32)
+    ir = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    shared, n, how = shared_space([np.array([0, 1, 2]), np.array([0, 1])], [3, 2], [vis, ir], anchor=1,
+                                  association="nearest", sample_level=False)
+    assert (n, how) == (2, "cluster") and shared[0].tolist() == [0, 0, 1] and shared[1].tolist() == [0, 1]
+    shared, n, _ = shared_space([np.array([0, 1, 2]), np.array([0, 1])], [3, 2], [vis, ir], anchor=1,
+                                association="hungarian", sample_level=False)
+    assert n == 3 and shared[0].tolist() == [0, 2, 1]  # one-to-one: the second visible cluster keeps its own label
+
+
+def test_sample_matching_takes_the_nearest_anchor_images_label_outliers_included():
+    vis = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
+    ir = np.array([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6]], np.float32)
+    shared, n, how = shared_space([np.array([-1, -1, 0]), np.array([0, -1, 1])], [1, 2], [vis, ir], anchor=1,
+                                  association="nearest", sample_level=True)
+    assert (n, how) == (2, "sample") and shared[0].tolist() == [0, -1, 1]
+
+
+def test_regdb_matches_samples_on_stage2_epochs_with_epoch_mod_5_at_least_2():
+    x, ir, _ = _two_modalities()
+    kw = dict(stage=2, k1=6, k1_source=6, k2=3, eps=0.6, min_samples=3, sample_matching="regdb")
+    assert [make_pseudo_labels([x, ir], epoch_in_stage=e, **kw).matching for e in range(6)] == \
+        ["cluster", "cluster", "sample", "sample", "sample", "cluster"]
+
+
 def test_true_identity_labels():
-    pl = true_identity_labels([np.array([5, 5, 9]), np.array([9, 7])])
-    assert pl.num_unified == 3
-    assert pl.unified[0][2] == pl.unified[1][0]
-    assert pl.labels[1].tolist() == [1, 0] or pl.labels[1].tolist() == [0, 1]
-    for m in range(2):
-        assert np.array_equal(pl.to_unified[m][pl.labels[m]], pl.unified[m])
+    pl = true_identity_labels([np.array([5, 5, 9]), np.array([9, 7])], stage=2, epoch_in_stage=0)
+    assert pl.num_shared == 3 and pl.anchor == 1
+    assert pl.shared[0][2] == pl.shared[1][0]
+    assert pl.labels[1].tolist() == [1, 0]
+    stage1 = true_identity_labels([np.array([5, 5, 9]), np.array([9, 7])], stage=1, epoch_in_stage=0)
+    assert stage1.shared is None and stage1.num_clusters == [2, 2]

@@ -33,10 +33,10 @@ def _refresh_worker(rank: int, world: int, port: int, cache: str, out: str) -> N
     torch.manual_seed(0)
     model = build_model("small")
     data = load_run_data(cfg)
-    ref = refresh(model, str(data.root), data.train_paths, data.train_pids, cfg, stage=2, epoch=0, epoch_in_stage=0,
+    ref = refresh(model, str(data.root), data.train_paths, data.train_pids, cfg, stage=2, epoch_in_stage=0,
                   device=torch.device("cpu"), progress=False)
     np.savez(f"{out}/rank{rank}_world{world}.npz", v=ref.labels.labels[0], i=ref.labels.labels[1],
-             u=np.concatenate(ref.labels.unified), mem=ref.memories.unified.centroids.numpy())
+             u=np.concatenate(ref.labels.shared), mem=ref.memories.unified.centroids.numpy())
     if world > 1:
         dist.destroy_process_group()
 

@@ -32,7 +32,7 @@ def _record(epoch, stage, val=None):
     losses["total"] = sum(losses.values())
     rec = {
         "epoch": epoch, "stage": stage, "losses": losses, "clusters": [10 + epoch, 8 + epoch],
-        "outliers": [0.3 / epoch, 0.4 / epoch], "num_unified": 7 if stage == 2 else 0,
+        "outliers": [0.3 / epoch, 0.4 / epoch], "num_shared": 7 if stage == 2 else 0, "anchor": 1,
         "association_rate": 0.75 if stage == 2 else 0.0,
         "time": {"refresh": 2.0, "train": 5.0, "refresh_extract": 1.5, "refresh_dbscan": 0.5},
         "images_per_s": 120.0, "workers": 1,

@@ -26,8 +26,13 @@ def test_two_stage_run_evaluates_and_checkpoints(tmp_path, tiny_root):
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["stage"] for h in history] == [1, 2]
     assert {"memory", "triplet", "mmd"} <= set(history[0]["losses"])
-    assert {"cross", "cai"} <= set(history[1]["losses"])
-    assert history[1]["num_unified"] > 0
+    assert {"memory", "cai", "triplet", "mmd"} <= set(history[1]["losses"])
+    # what a stage-2 epoch records: the anchor (infrared on stage-2 epoch 0), k1 per modality (the anchor's is
+    # cluster.k1), clusters per modality, the shared labels (the anchor's clusters), association, confidence
+    s2 = history[1]
+    assert s2["anchor"] == 1 and s2["k1"] == [cfg.cluster.k1_source, cfg.cluster.k1]
+    assert s2["num_shared"] == s2["clusters"][1] > 0 and 0 <= s2["association_rate"] <= 1
+    assert len(s2["confidence"]) == 2 and len(s2["step_losses"]["memory"]) == cfg.train.iters_per_epoch
     for protocol in ("synthvi-all",):
         metrics = results["test"][protocol]["mean"]
         assert 0 <= metrics["mAP"] <= 100 and 0 <= metrics["rank1"] <= 100

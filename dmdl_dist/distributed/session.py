@@ -124,6 +124,8 @@ def flat_metrics(record: dict) -> dict:
     """Scalars only, dotted keys: what Ray and Tune compare and store."""
     out = {}
     for key, value in record.items():
+        if key == "step_losses":  # per-step values stay in metrics.jsonl
+            continue
         if isinstance(value, dict):
             out.update({f"{key}.{k}": v for k, v in flat_metrics(value).items()})
         elif isinstance(value, (int, float)):

@@ -1,8 +1,9 @@
 """A run's metrics.jsonl as epoch records, and each record as flat scalar tags.
 
 The record keys are the trainer's (`_record` in engine/trainer.py): epoch, stage, losses{name},
-clusters[V, I], outliers[V, I], num_unified, association_rate, time{phase}, images_per_s, workers,
-and val_rank1/val_mAP when a validation split exists.
+clusters[V, I], outliers[V, I], k1[V, I], confidence[V, I], time{phase}, images_per_s, workers,
+step_losses{name: [per step]}, in stage 2 anchor, num_shared, association_rate, matching, and
+val_rank1/val_mAP when a validation split exists.
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ def scalars(record: dict) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, value in record.get("losses", {}).items():
         out[f"losses/{name}"] = float(value)
-    for key in ("clusters", "outliers"):
+    for key in ("clusters", "outliers", "k1", "confidence"):
         for tag, value in zip(MODALITY_TAGS, record.get(key, ()), strict=False):
             out[f"{key}/{tag}"] = float(value)
-    for key in ("num_unified", "association_rate", "images_per_s", "workers", "stage"):
+    for key in ("num_shared", "anchor", "association_rate", "images_per_s", "workers", "stage"):
         if isinstance(record.get(key), (int, float)):
             out[key] = float(record[key])
     for phase, seconds in record.get("time", {}).items():

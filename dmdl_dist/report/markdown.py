@@ -70,15 +70,17 @@ def phase_table(totals: dict[str, float]) -> str:
 def epoch_table(history: Sequence[dict]) -> str:
     losses = list(dict.fromkeys(k for r in history for k in r.get("losses", {})))
     has_val = any("val_mAP" in r for r in history)
-    headers = ["epoch", "stage", *losses, "clusters V/I", "outliers V/I", "shared ids", "assoc.",
-               "refresh", "train", "img/s"] + (["val R1", "val mAP"] if has_val else [])
+    headers = ["epoch", "stage", *losses, "clusters V/I", "outliers V/I", "anchor", "shared ids", "assoc.",
+               "conf. V/I", "refresh", "train", "img/s"] + (["val R1", "val mAP"] if has_val else [])
     rows = []
     for r in history:
         clusters, outliers, t = r.get("clusters", ["-", "-"]), r.get("outliers", [0, 0]), r.get("time", {})
         row = [r["epoch"], r.get("stage", "-"), *(_cell(r.get("losses", {}).get(k, "")) for k in losses),
                f"{clusters[0]} / {clusters[1]}", f"{outliers[0]:.0%} / {outliers[1]:.0%}",
-               r.get("num_unified", "-") if r.get("stage") == 2 else "-",
+               "VI"[r["anchor"]] if r.get("stage") == 2 and "anchor" in r else "-",
+               r.get("num_shared", "-") if r.get("stage") == 2 else "-",
                f"{r['association_rate']:.0%}" if r.get("stage") == 2 and "association_rate" in r else "-",
+               "{:.2f} / {:.2f}".format(*r["confidence"]) if "confidence" in r else "-",
                duration(t.get("refresh", 0.0)), duration(t.get("train", 0.0)), f"{r.get('images_per_s', 0):.0f}"]
         if has_val:
             row += [_cell(r.get("val_rank1", "")), _cell(r.get("val_mAP", ""))]

@@ -14,7 +14,7 @@ def write_tensorboard(history: list[dict], log_dir: str | Path) -> Path:
     """Rewrites `log_dir` from the epoch records: old event files go first, so re-running never duplicates.
 
     Every numeric field becomes a scalar at step = epoch: losses/*, clusters/{visible,infrared},
-    outliers/*, num_unified, association_rate, images_per_s, workers, stage, time/*, val/*.
+    outliers/*, k1/*, confidence/*, num_shared, anchor, association_rate, images_per_s, workers, stage, time/*, val/*.
     """
     from tensorboardX import SummaryWriter
 
