@@ -6,6 +6,7 @@ calls `make_pseudo_labels` once and sends the result to every worker.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,11 @@ class PseudoLabels:
             return 0.0
         present = [np.unique(s[s >= 0]) for s in self.shared]
         return len(np.intersect1d(*present)) / self.num_shared
+
+    def digest(self) -> str:
+        """A short hash of every label array: equal digests, equal pseudo-labels (runs compare by it)."""
+        arrays = [*self.labels, *(self.shared or [])]
+        return hashlib.sha1(b"".join(np.ascontiguousarray(a, np.int64).tobytes() for a in arrays)).hexdigest()[:16]
 
     def train_labels(self, m: int) -> np.ndarray:
         """The labels modality m trains on: its clusters in stage 1, the shared labels in stage 2."""

@@ -48,7 +48,7 @@ class Engine:
         self.precision = resolve_precision(cfg.dist.precision, device)
         if self.precision == "fp16" and device.type != "cuda":
             raise ConfigError("dist.precision=fp16 needs a CUDA device; on CPU use bf16 or fp32")
-        if comm.world_size() > 1 and cfg.model.sync_bn:
+        if cfg.model.sync_bn and cfg.dist.workers > 0:  # Ray runs: any worker count computes alike
             model = convert_batchnorm(model, device)
         self.model = model  # the bare module: state dicts, evaluation, feature extraction
         self.device = device

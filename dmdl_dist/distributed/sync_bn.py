@@ -25,8 +25,10 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
-        if not (self.training and comm.world_size() > 1):
+        if not self.training:
             return super().forward(x)
+        # the same arithmetic on one rank as on many (torch's fused kernel rounds differently; on
+        # ill-conditioned gradient entries that is enough to flip Adam's first steps)
         dims = [0] + list(range(2, x.dim()))  # all but channels
         shape = [1, -1] + [1] * (x.dim() - 2)
         xf = x.float()
@@ -49,11 +51,12 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 def convert_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """Every BatchNorm layer of `module` computes its statistics over all ranks (in place, returns module).
 
-    CUDA: torch.nn.SyncBatchNorm. Other devices: GlobalBatchNorm. Parameters (and whether they
-    train, e.g. the BN-neck's frozen bias), buffers and subclass-specific defaults carry over.
+    CUDA: torch.nn.SyncBatchNorm (its fused kernels; one rank keeps plain BatchNorm). Other devices:
+    GlobalBatchNorm, on one rank too, so that 1 and N workers compute alike. Parameters (and whether
+    they train, e.g. the BN-neck's frozen bias), buffers and subclass-specific defaults carry over.
     """
     if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module) if comm.world_size() > 1 else module
     return _convert(module)
 
 

@@ -251,6 +251,7 @@ def _record(cfg: Config, ref: Refresh, losses: dict, steps: dict, epoch: int, st
         "clusters": [int(c) for c in labels.num_clusters],
         "outliers": [labels.outlier_fraction(m) for m in MODALITIES],
         "k1": [int(k) for k in labels.k1],
+        "labels_digest": labels.digest(),
         "confidence": [float(c[labels.train_labels(m) >= 0].mean()) if (labels.train_labels(m) >= 0).any() else 0.0
                        for m, c in enumerate(ref.confidence)],
         "time": {"refresh": t1 - t0, "train": t2 - t1, **{f"refresh_{k}": v for k, v in ref.timings.items()}},
