@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 
 from dmdl_dist.errors import MissingExtraError
 
@@ -10,8 +10,9 @@ FAISS_HINT = "pip install 'dmdl-dist[cpu]' (faiss-cpu) or 'dmdl-dist[gpu]' (fais
 
 
 def require_faiss(purpose: str) -> None:
-    """Raises MissingExtraError naming `purpose` and the pip command when faiss cannot be imported."""
-    try:
-        importlib.import_module("faiss")
-    except ImportError as err:
-        raise MissingExtraError(f"{purpose} needs faiss, which is not installed ({err}): {FAISS_HINT}") from None
+    """Raises MissingExtraError naming `purpose` and the pip command when faiss is not installed.
+
+    Looks the module up without importing it: the import itself (and its log lines) waits for first use.
+    """
+    if importlib.util.find_spec("faiss") is None:
+        raise MissingExtraError(f"{purpose} needs faiss, which is not installed: {FAISS_HINT}")

@@ -94,7 +94,8 @@ def test_a_checkpoint_of_another_network_is_one_error_naming_both(tmp_path, caps
     ckpt.save_atomic(payload, path)
     assert main(["export", "--checkpoint", str(path), "--format", "torchscript"]) == 2
     err = _one_error_line(capsys, "export")
-    assert "another network (model.arch=small, model.non_local=False" in err and "size mismatch" not in err
+    assert "another network than the one its config builds (model.arch=small, model.non_local=False)" in err
+    assert "size mismatch" not in err
     assert "unknown tensors" in err
 
 

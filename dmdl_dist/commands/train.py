@@ -54,6 +54,7 @@ def train_local(cfg, run_dir: Path, *, resume: bool = False, progress: bool = Tr
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dmdl_dist.config import ConfigError, load_config
+    from dmdl_dist.engine.atomic import remove_orphans
 
     overrides = list(args.overrides)
     if args.workers is not None:
@@ -63,8 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.force_config and args.resume is None:
         raise ConfigError("--force-config goes with --resume RUN_DIR")
     if args.resume is not None:
-        run_dir = args.resume
-        cfg = resume_config(run_dir, overrides, force=args.force_config)
+        run_dir, cfg = args.resume, None  # its config is read under the lock: a running run may rewrite it
     else:
         cfg = load_config(args.preset, args.config, overrides)
         out = args.out or Path(cfg.run.out_dir)
@@ -72,8 +72,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = out / name
         if (run_dir / "last.pt").exists():
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick --name")
-    require_extras(cfg)
+        require_extras(cfg)
     with run_folder(run_dir):
+        if cfg is None:
+            cfg = resume_config(run_dir, overrides, force=args.force_config)
+            require_extras(cfg)
+        removed = remove_orphans(run_dir, every=True)  # the lock is ours: no other writer is at work here
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) of interrupted writes in {run_dir}", file=sys.stderr)
         if args.force_config:
             from dmdl_dist.config import save_config
 
@@ -137,10 +143,9 @@ def require_extras(cfg) -> None:
 
 @contextmanager
 def run_folder(run_dir: Path):
-    """The run folder for one run: locked against a second run, cleared of orphaned temporary files, and
-    removed again when this run created it and fails before its first epoch (no empty folder is left)."""
+    """The run folder for one run: locked against a second run, and removed again when this run created it
+    and fails before its first epoch (no empty folder is left behind)."""
     from dmdl_dist.engine import checkpoint as ckpt
-    from dmdl_dist.engine.atomic import remove_orphans
     from dmdl_dist.engine.run_lock import run_lock
 
     run_dir = Path(run_dir)
@@ -148,9 +153,6 @@ def run_folder(run_dir: Path):
     try:
         with run_lock(run_dir):
             locked = True  # from here on the folder is this run's (a refused lock leaves it alone)
-            removed = remove_orphans(run_dir, every=True)  # the lock is ours: no other writer is at work here
-            if removed:
-                print(f"removed {len(removed)} temporary file(s) of interrupted writes in {run_dir}", file=sys.stderr)
             yield run_dir
     except BaseException:
         if locked and created and not (run_dir / ckpt.LAST).exists() and not (run_dir / "metrics.jsonl").exists():

@@ -68,7 +68,7 @@ def model_state(model: torch.nn.Module) -> dict:
 def load_weights(model: torch.nn.Module, saved: dict, path: Path, expected: str) -> None:
     """Loads saved["model"] into `model`; weights of another network are one CheckpointError, not a trace.
 
-    expected: how the caller built `model` (e.g. "model.arch=small, model.non_local=False").
+    expected: the network the caller built, e.g. "model.arch=small, model.non_local=False".
     """
     state = saved.get("model")
     if not isinstance(state, dict):
@@ -87,8 +87,8 @@ def load_weights(model: torch.nn.Module, saved: dict, path: Path, expected: str)
         if unexpected:
             problems.append(f"{len(unexpected)} unknown tensors (e.g. {', '.join(unexpected[:_SHOWN])})")
         raise CheckpointError(
-            f"checkpoint {path} holds the weights of another network ({describe_model(saved.get('config'))}) than "
-            f"the one expected ({expected}): {'; '.join(problems)}"
+            f"checkpoint {path} holds the weights of another network than {expected} (its config: "
+            f"{describe_model(saved.get('config'))}): {'; '.join(problems)}"
         )
     model.load_state_dict(state)
 

@@ -31,7 +31,7 @@ def load_model(path: str | Path, device: torch.device | None = None):
     # The weights come from the checkpoint: never look for ImageNet weights here.
     model = build_model(cfg.model.arch, pretrained=None, last_stride=cfg.model.last_stride,
                         non_local=cfg.model.non_local, gem_p=cfg.model.gem_p)
-    expected = f"the network its own config builds: model.arch={cfg.model.arch}, model.non_local={cfg.model.non_local}"
+    expected = f"the one its config builds (model.arch={cfg.model.arch}, model.non_local={cfg.model.non_local})"
     ckpt.load_weights(model, saved, Path(path), expected)
     return model.to(device).eval(), cfg
 
