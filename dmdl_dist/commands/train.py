@@ -118,12 +118,11 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
         raise ckpt.CheckpointError(f"checkpoint {last} holds no config; it is not a dmdl_dist checkpoint")
     cfg = load_run_config(run_dir, overrides, checkpoint_config=theirs, force=force)
     differ = differing_keys(theirs, to_dict(cfg))
-    network = [key for key, _, _ in differ if key in NETWORK_KEYS]
+    network = [f"{key}={new!r}" for key, _, new in differ if key in NETWORK_KEYS]
     if network:
         raise ckpt.CheckpointError(
             f"checkpoint {last} holds a network of {ckpt.describe_model(theirs)}; its weights cannot continue as "
-            f"{', '.join(f'{k}={v!r}' for k, _, v in differ if k in NETWORK_KEYS)} (--force-config cannot change "
-            "that): start a new run instead")
+            f"{', '.join(network)} (--force-config cannot change that): start a new run instead")
     if differ:
         print(f"dmdl train: --force-config: {run_dir} continues with "
               f"{'; '.join(f'{k}: {old!r} -> {new!r}' for k, old, new in differ)}", file=sys.stderr)
