@@ -301,21 +301,42 @@ def _merge(obj: Any, updates: dict, prefix: str = "") -> None:
             setattr(obj, name, _coerce(value, hints[name], key))
 
 
-def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """Reads a YAML config, resolving `_base_` (a path relative to the file, or a preset name)."""
+def _read_yaml(path: Path) -> Any:
+    """A YAML file's content; a syntax error is a ConfigError naming the file, the line and the column."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+        raise ConfigError(f"config file {path}{where} is not valid YAML: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read as text ({err})") from None
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...] = (), referrer: Path | None = None) -> dict:
+    """Reads a YAML config, resolving `_base_` (a path relative to the file, or a preset name).
+
+    Files are compared by their resolved path, so a cycle through `..` or a symbolic link is found too.
+    """
     path = Path(path)
-    if path in seen:
-        raise ConfigError(f"config files include each other in a cycle: {' -> '.join(map(str, seen + (path,)))}")
+    key = path.resolve()
+    if key in seen:
+        raise ConfigError(f"config files include each other in a cycle: {' -> '.join(map(str, seen + (key,)))}")
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+        by = f" (the _base_ of {referrer})" if referrer is not None else ""
+        raise ConfigError(f"config file {path} does not exist{by}")
+    data = _read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     base = data.pop("_base_", None)
     if base is None:
         return data
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: _base_ must be a file name or a preset ({', '.join(PRESETS)}), "
+                          f"got {base!r}")
     base_path = preset_path(base) if base in PRESETS else (path.parent / base)
-    return _deep_update(_load_yaml(base_path, seen + (path,)), data)
+    return _deep_update(_load_yaml(base_path, seen + (key,), referrer=path), data)
 
 
 def _deep_update(base: dict, update: dict) -> dict:
@@ -476,13 +497,55 @@ def save_config(cfg: Config, path: Path) -> None:
     tmp.replace(path)
 
 
-def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:
-    """The config saved beside a run, for --resume; overrides may change e.g. the device."""
+def load_run_config(
+    run_dir: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    checkpoint_config: dict | None = None,
+    force: bool = False,
+) -> Config:
+    """The config saved beside a run, for --resume, with `overrides` applied.
+
+    With `checkpoint_config` (the config stored in the run's checkpoint), a difference on a key that
+    changes training (any stage but RUN: not e.g. train.device) is refused unless `force`: a hand-edited
+    config.yaml or a --set would otherwise continue the run as another one without a word.
+    """
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a dmdl_dist run folder: {path} is missing")
-    cfg = from_dict(yaml.safe_load(path.read_text()))
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    try:
+        cfg = from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     if overrides:
         apply_overrides(cfg, dict(parse_override(o) for o in overrides))
         validate(cfg)
+    if checkpoint_config is not None:
+        differ = differing_keys(checkpoint_config, to_dict(cfg))
+        if differ and not force:
+            changes = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differ)
+            raise ConfigError(
+                f"{run_dir}: this resume would train on with other values than its checkpoint was trained with "
+                f"({changes}). Resume as trained (drop those --set, restore config.yaml), or add --force-config to "
+                "continue with the new values")
     return cfg
+
+
+def differing_keys(old: dict, new: dict, *, stages: tuple = (1, 2, BOTH)) -> list[tuple[str, Any, Any]]:
+    """(key, old value, new value) for every schema key of `stages` on which two config dicts differ.
+
+    A key absent from `old` (a config of another version) counts as different, with the value None.
+    """
+    out = []
+    for info in schema_keys():
+        if info.stage not in stages:
+            continue
+        section, name = info.key.split(".")
+        before = old.get(section, {}).get(name) if isinstance(old.get(section), dict) else None
+        after = new[section][name]
+        if before != after:
+            out.append((info.key, before, after))
+    return out

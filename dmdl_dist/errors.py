@@ -10,3 +10,24 @@ from __future__ import annotations
 
 class DmdlError(Exception):
     """An expected failure whose message names the problem and the fix."""
+
+
+class MissingPathError(DmdlError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
+
+    def __str__(self) -> str:  # FileNotFoundError's own would print the args tuple
+        return str(self.args[0])
+
+
+class WriteError(DmdlError, OSError):
+    """A file cannot be written: the disk is full, the folder is read-only, ... (the old file, if any, is intact).
+
+    Built as WriteError(errno, message), so `.errno` tells the cause (errno.ENOSPC for a full disk).
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class MissingExtraError(DmdlError, ImportError):
+    """An optional dependency of dmdl_dist is not installed."""

@@ -46,9 +46,19 @@ def _print_results(results: dict, json_path: Path | None) -> None:
         write_text(json_path, json.dumps(payload, indent=2))
 
 
+def _check_outputs(*paths: Path | None) -> None:
+    """Output files that could not be written fail now, before any features are read or extracted."""
+    from dmdl_dist.engine.atomic import ensure_writable
+
+    for path in paths:
+        if path is not None:
+            ensure_writable(path)
+
+
 def cmd_eval_features(args: argparse.Namespace) -> int:
     from dmdl_dist.eval.run import evaluate_dataset, parquet_feature_fn
 
+    _check_outputs(args.json)
     results = evaluate_dataset(args.dataset, args.root, parquet_feature_fn(args.features),
                                mode=args.mode, direction=args.direction, trials=args.trials)
     _print_results(results, args.json)
@@ -59,6 +69,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dmdl_dist.eval.run import evaluate_dataset
     from dmdl_dist.serve.inference import checkpoint_feature_fn
 
+    _check_outputs(args.json)
     results = evaluate_dataset(args.dataset, args.root, checkpoint_feature_fn(args.checkpoint, args.root),
                                mode=args.mode, direction=args.direction, trials=args.trials)
     _print_results(results, args.json)
@@ -68,6 +79,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     from dmdl_dist.serve.inference import extract_to_parquet
 
+    _check_outputs(args.out)
     n = extract_to_parquet(args.checkpoint, args.dataset, args.root, args.split, args.out)
     print(f"wrote features of {n} images to {args.out}")
     return 0
@@ -77,6 +89,6 @@ COMMANDS = {"eval-features": cmd_eval_features, "eval": cmd_eval, "extract": cmd
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    from dmdl_dist.eval.run import MissingFeaturesError
+    from dmdl_dist.errors import DmdlError
 
-    return (MissingFeaturesError,)
+    return (DmdlError,)  # MissingFeaturesError, FeaturesFileError, DatasetLayoutError, CheckpointError, ...

@@ -35,14 +35,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
+    from dmdl_dist.engine.atomic import ensure_writable
     from dmdl_dist.serve.export import default_export_path, export_info, export_network, require_onnx
     from dmdl_dist.serve.export_verify import verify_export
     from dmdl_dist.serve.inference import load_model
 
     if args.format == "onnx":
         require_onnx()  # before the checkpoint is read
+    out = ensure_writable(args.out or default_export_path(args.checkpoint, args.format))
     model, cfg = load_model(args.checkpoint, torch.device("cpu"))
-    out = args.out or default_export_path(args.checkpoint, args.format)
     info = export_info(height=cfg.data.height, width=cfg.data.width, feat_dim=model.feat_dim, flip=args.flip,
                        arch=cfg.model.arch)
     export_network(model, out, args.format, info)
@@ -55,8 +56,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from dmdl_dist.engine.atomic import ensure_writable
     from dmdl_dist.serve.search import format_hits, search
 
+    if args.out is not None:
+        ensure_writable(args.out)  # before the gallery is indexed
     result = search(args.checkpoint, args.gallery, args.query, top=args.top, progress=not args.no_progress)
     print(format_hits(result))
     if args.out is not None:
@@ -69,13 +73,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """Exceptions of these commands that mean bad input or a missing extra (a missing checkpoint, gallery
-    or query is a FileNotFoundError, which cli.main handles for every command)."""
-    from dmdl_dist.serve.export import MissingExtraError
-    from dmdl_dist.serve.gallery_index import EmptyGalleryError
-    from dmdl_dist.serve.search import GalleryImagesError, QueryImageError
+    """Exceptions of these commands that mean bad input or a missing extra: all derive from DmdlError."""
+    from dmdl_dist.errors import DmdlError
 
-    return MissingExtraError, EmptyGalleryError, GalleryImagesError, QueryImageError
+    return (DmdlError,)
 
 
 COMMANDS = {"export": cmd_export, "search": cmd_search}

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from dmdl_dist.commands.common import config_args
@@ -14,6 +17,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train DMDL (default: SynthVI, local mode)")
     config_args(p)
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--force-config", action="store_true",
+                   help="with --resume: continue even though config.yaml or --set changes keys that act in training "
+                        "(the differences are listed otherwise)")
     p.add_argument("--out", type=Path, default=None, help="runs folder (default: run.out_dir, 'runs')")
     p.add_argument("--name", default=None, help="run name (default: preset and time)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
@@ -47,16 +53,18 @@ def train_local(cfg, run_dir: Path, *, resume: bool = False, progress: bool = Tr
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dmdl_dist.config import ConfigError, load_config, load_run_config
+    from dmdl_dist.config import ConfigError, load_config
+    from dmdl_dist.engine.atomic import remove_orphans
 
     overrides = list(args.overrides)
     if args.workers is not None:
         overrides.append(f"dist.workers={args.workers}")
     if args.gpus_per_worker is not None:
         overrides.append(f"dist.gpus_per_worker={args.gpus_per_worker}")
+    if args.force_config and args.resume is None:
+        raise ConfigError("--force-config goes with --resume RUN_DIR")
     if args.resume is not None:
-        cfg = load_run_config(args.resume, overrides)
-        run_dir = args.resume
+        run_dir, cfg = args.resume, None  # its config is read under the lock: a running run may rewrite it
     else:
         cfg = load_config(args.preset, args.config, overrides)
         out = args.out or Path(cfg.run.out_dir)
@@ -64,16 +72,91 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = out / name
         if (run_dir / "last.pt").exists():
             raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick --name")
-    if cfg.dist.workers > 0:
-        from dmdl_dist.distributed.launcher import launch  # the Ray Train path
+        require_extras(cfg)
+    with run_folder(run_dir):
+        if cfg is None:
+            cfg = resume_config(run_dir, overrides, force=args.force_config)
+            require_extras(cfg)
+        removed = remove_orphans(run_dir, every=True)  # the lock is ours: no other writer is at work here
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) of interrupted writes in {run_dir}", file=sys.stderr)
+        if args.force_config:
+            from dmdl_dist.config import save_config
 
-        result = launch(cfg, run_dir, progress=not args.no_progress)
-        if result.error is not None:
-            raise result.error
-        print_run_results(run_dir, cfg.eval.trials)
-        return 0
-    train_local(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
+            save_config(cfg, run_dir / "config.yaml")  # what the run trains with from now on
+        if cfg.dist.workers > 0:
+            from dmdl_dist.distributed.launcher import launch  # the Ray Train path; the driver holds the lock
+
+            result = launch(cfg, run_dir, progress=not args.no_progress)
+            if result.error is not None:
+                raise result.error
+        else:
+            train_local(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
+            return 0
+    print_run_results(run_dir, cfg.eval.trials)
     return 0
+
+
+def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
+    """The config a --resume continues with: config.yaml and the overrides, checked against the checkpoint's.
+
+    A folder with a config but no checkpoint is said to start over; keys that act in training may
+    differ from the checkpoint's only with `force`, and never those that change the network's weights.
+    """
+    from dmdl_dist.config import differing_keys, load_run_config, to_dict
+    from dmdl_dist.engine import checkpoint as ckpt
+
+    last = Path(run_dir) / ckpt.LAST
+    if not last.is_file():
+        cfg = load_run_config(run_dir, overrides)
+        print(f"dmdl train: {run_dir} has a config.yaml but no checkpoint ({ckpt.LAST}): no epoch of it finished, "
+              "so it starts from epoch 1", file=sys.stderr)
+        return cfg
+    saved = ckpt.load(last, mmap=True)  # the config only: the tensors are mapped, not read
+    theirs = saved.get("config")
+    if not isinstance(theirs, dict):
+        raise ckpt.CheckpointError(f"checkpoint {last} holds no config; it is not a dmdl_dist checkpoint")
+    cfg = load_run_config(run_dir, overrides, checkpoint_config=theirs, force=force)
+    differ = differing_keys(theirs, to_dict(cfg))
+    network = [f"{key}={new!r}" for key, _, new in differ if key in NETWORK_KEYS]
+    if network:
+        raise ckpt.CheckpointError(
+            f"checkpoint {last} holds a network of {ckpt.describe_model(theirs)}; its weights cannot continue as "
+            f"{', '.join(network)} (--force-config cannot change that): start a new run instead")
+    if differ:
+        print(f"dmdl train: --force-config: {run_dir} continues with "
+              f"{'; '.join(f'{k}: {old!r} -> {new!r}' for k, old, new in differ)}", file=sys.stderr)
+    return cfg
+
+
+NETWORK_KEYS = ("model.arch", "model.non_local")  # keys that change the shapes of the network's weights
+
+
+def require_extras(cfg) -> None:
+    """The optional packages this config asks for, checked before any work (data, model, Ray)."""
+    if cfg.cluster.knn_backend == "faiss":
+        from dmdl_dist.extras import require_faiss
+
+        require_faiss("cluster.knn_backend=faiss")
+
+
+@contextmanager
+def run_folder(run_dir: Path):
+    """The run folder for one run: locked against a second run, and removed again when this run created it
+    and fails before its first epoch (no empty folder is left behind)."""
+    from dmdl_dist.engine import checkpoint as ckpt
+    from dmdl_dist.engine.run_lock import run_lock
+
+    run_dir = Path(run_dir)
+    created, locked = not run_dir.exists(), False
+    try:
+        with run_lock(run_dir):
+            locked = True  # from here on the folder is this run's (a refused lock leaves it alone)
+            yield run_dir
+    except BaseException:
+        if locked and created and not (run_dir / ckpt.LAST).exists() and not (run_dir / "metrics.jsonl").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def print_run_results(run_dir: Path, trials: int) -> None:
@@ -113,4 +196,6 @@ COMMANDS = {"train": cmd_train, "ablate": cmd_ablate}
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    return ()
+    from dmdl_dist.errors import DmdlError
+
+    return (DmdlError,)  # every expected failure (cli.main prints it as one line, exit code 2)

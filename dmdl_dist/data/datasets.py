@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from dmdl_dist.data import llcm, sysu
 from dmdl_dist.data.layout import DatasetLayoutError
 from dmdl_dist.data.llcm import read_llcm
 from dmdl_dist.data.manifest import read_parquet, write_parquet
 from dmdl_dist.data.regdb import read_regdb
 from dmdl_dist.data.sysu import read_sysu
 
-__all__ = ["DATASETS", "DatasetLayoutError", "load_manifest", "manifest_cache_path"]
+__all__ = ["DATASETS", "DatasetLayoutError", "load_manifest", "manifest_cache_path", "require_training_part"]
 
 DATASETS = ("sysu", "regdb", "llcm", "synthvi")
 CACHE_VERSION = 1  # bump when a reader's output changes for the same files
@@ -113,3 +114,23 @@ def _remove_stale(current: Path) -> None:
     for old in current.parent.glob(f"{prefix}*.parquet"):
         if old != current:
             old.unlink(missing_ok=True)
+
+
+def require_training_part(name: str, root: str | Path, manifest: pa.Table) -> None:
+    """Raises DatasetLayoutError when a manifest has no training rows: the root holds only the test part.
+
+    Evaluation reads such a tree (test ids and images only); training needs the files named here.
+    """
+    if "train" in manifest.column("split").unique().to_pylist():
+        return
+    needs = {
+        "sysu": (sysu.DATASET, sysu.TRAINING_PART, sysu.LAYOUT),
+        "synthvi": ("SynthVI", sysu.TRAINING_PART, sysu.LAYOUT),
+        "llcm": (llcm.DATASET, llcm.TRAINING_PART, llcm.LAYOUT),
+    }
+    dataset, files, layout = needs.get(name.lower(), (name, (), ""))
+    listed = f" ({' and '.join(files)} and the images they list)" if files else ""
+    layout = f"\nExpected layout:\n{layout}" if layout else ""
+    raise DatasetLayoutError(
+        f"{dataset} at {root} holds no training images: training needs its training part{listed}. A test-only "
+        f"copy serves `dmdl eval` and `dmdl eval-features`.{layout}", root)

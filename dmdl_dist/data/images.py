@@ -16,11 +16,13 @@ import pyarrow as pa
 import torch.utils.data
 from PIL import Image, UnidentifiedImageError
 
+from dmdl_dist.errors import DmdlError
+
 SKIP_SWITCH = "data.skip_bad_images=true"
 _SHOWN = 5  # how many bad images an error message lists
 
 
-class BadImagesError(ValueError):
+class BadImagesError(DmdlError, ValueError):
     """Images of a manifest that cannot be read; `bad` holds (relative path, reason) pairs."""
 
     def __init__(self, root: Path, bad: list[tuple[str, str]], total: int) -> None:
@@ -95,17 +97,33 @@ def verify_images(
     """Opens every image of a manifest; returns it whole, or without the bad rows when skip_bad.
 
     Raises:
-        BadImagesError: some images cannot be read and skip_bad is False. The caller should
-            log a warning when skip_bad drops rows (table.num_rows shrinks).
+        BadImagesError: some images cannot be read and skip_bad is False. Callers that skip should
+            say what was left out: check_images returns the dropped images too.
+    """
+    return check_images(root, table, skip_bad=skip_bad, workers=workers, progress=progress)[0]
+
+
+def check_images(
+    root: str | Path,
+    table: pa.Table,
+    *,
+    skip_bad: bool = False,
+    workers: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """(the manifest without its unreadable images, the (relative path, reason) of each one left out).
+
+    Raises:
+        BadImagesError: some images cannot be read and skip_bad is False.
     """
     paths = table.column("path").to_pylist()
     bad = find_bad_images(root, paths, workers=workers, progress=progress)
     if not bad:
-        return table
+        return table, []
     if not skip_bad:
         raise BadImagesError(Path(root), bad, len(paths))
     bad_paths = {path for path, _ in bad}
-    return table.filter(pa.array([path not in bad_paths for path in paths]))
+    return table.filter(pa.array([path not in bad_paths for path in paths])), bad
 
 
 def load_image(root: str | Path, path: str) -> Image.Image:

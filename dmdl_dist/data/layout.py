@@ -12,13 +12,15 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from dmdl_dist.errors import DmdlError
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 _CAMERA = re.compile(r"^cam(\d+)$")
 _SHOWN = 5  # how many offending paths an error message lists
 
 
-class DatasetLayoutError(FileNotFoundError):
-    """A data set root does not have the layout its reader expects."""
+class DatasetLayoutError(DmdlError, FileNotFoundError):
+    """A data set root does not have the layout its reader expects (a missing or malformed file)."""
 
     def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
         super().__init__(message)
@@ -50,7 +52,7 @@ def read_id_list(path: Path) -> list[int]:
     try:
         return [int(token) for token in re.split(r"[,\s]+", text) if token]
     except ValueError as err:
-        raise ValueError(f"{path}: expected comma-separated integer ids ({err})") from err
+        raise DatasetLayoutError(f"{path}: expected comma-separated integer ids ({err})", path) from None
 
 
 def read_labelled_list(path: Path) -> list[tuple[str, int]]:
@@ -63,8 +65,9 @@ def read_labelled_list(path: Path) -> list[tuple[str, int]]:
         parts = line.rsplit(maxsplit=1)
         try:
             pairs.append((parts[0].replace("\\", "/"), int(parts[1])))
-        except (IndexError, ValueError) as err:
-            raise ValueError(f"{path}, line {number}: expected '<relative path> <label>', got {line!r}") from err
+        except (IndexError, ValueError):
+            raise DatasetLayoutError(f"{path}, line {number}: expected '<relative path> <label>', got {line!r}",
+                                     path) from None
     return pairs
 
 

@@ -2,6 +2,8 @@
 
 The test folders are walked (not listed) because the published evaluation picks gallery
 images from the folders of the ids in idx/test_id.txt; the camera is the camN folder.
+Evaluating needs only the test part: a tree without idx/train_vis.txt and idx/train_nir.txt
+(and the training folders) reads as a test-only manifest; training on it is refused (engine/data.py).
 """
 
 from __future__ import annotations
@@ -29,30 +31,39 @@ DATASET = "LLCM"
 SOURCES = {VISIBLE: ("train_vis.txt", "test_vis"), INFRARED: ("train_nir.txt", "test_nir")}
 LAYOUT = """\
 ROOT/
-  train_vis/cam1/0001/*.jpg ...     training images (paths as listed in idx/)
+  train_vis/cam1/0001/*.jpg ...     training images (paths as listed in idx/; training only)
   train_nir/cam1/0001/*.jpg ...
   test_vis/cam1/ ... cam9/          one folder per identity inside, e.g. test_vis/cam1/0003/*.jpg
   test_nir/cam1/ ... cam9/          (the published set has no infrared cam3)
   idx/
     train_vis.txt                   lines "<relative path> <label>", e.g. "train_vis/cam1/0001/a.jpg 0"
-    train_nir.txt
+    train_nir.txt                   (both lists: training only)
     test_id.txt                     one line of comma-separated test ids"""
+TRAINING_PART = ("idx/train_vis.txt", "idx/train_nir.txt")  # absent both: a test-only tree
 
 
 def read_llcm(root: str | Path) -> pa.Table:
-    """Manifest of the listed training images (pid = label) and the test ids' images, sorted by path."""
+    """Manifest of the listed training images (pid = label) and the test ids' images, sorted by path.
+
+    Only the test rows when the tree has neither training list (a test-only copy).
+    """
     root = require(DATASET, Path(root), LAYOUT, is_dir=True)
     idx = require(DATASET, root / "idx", LAYOUT, is_dir=True)
     test_ids = set(read_id_list(require(DATASET, idx / "test_id.txt", LAYOUT, is_dir=False)))
     paths, pids, camids, modalities, splits = [], [], [], [], []
+    # one training list without the other is an incomplete copy, not a test-only tree
+    with_training = any((root / rel).is_file() for rel in TRAINING_PART)
 
     for modality, (list_name, _) in SOURCES.items():
+        if not with_training:
+            break
         pairs = read_labelled_list(require(DATASET, idx / list_name, LAYOUT, is_dir=False))
         check_listed_files(DATASET, root, (rel for rel, _ in pairs), f"idx/{list_name}")
         for rel, label in pairs:
             camid = camera_from_path(rel)
             if camid is None:
-                raise ValueError(f"{DATASET}: idx/{list_name} lists {rel!r}, which has no camN folder (the camera)")
+                raise DatasetLayoutError(f"{DATASET}: idx/{list_name} lists {rel!r}, which has no camN folder (the "
+                                         "camera)", idx / list_name)
             paths.append(rel)
             pids.append(label)
             camids.append(camid)

@@ -2,6 +2,8 @@
 
 Reads the published layout as is: six camera folders of identity folders, and the three id
 lists in exp/. Visible cameras are 1, 2, 4, 5 (indoor 1, 2); infrared cameras are 3 and 6.
+Evaluating needs only the test part: a tree without train_id.txt and val_id.txt (and without the
+training ids' images) reads as a test-only manifest; training on it is refused (engine/data.py).
 """
 
 from __future__ import annotations
@@ -20,24 +22,30 @@ ROOT/
   cam1/ ... cam6/          visible: cam1, cam2, cam4, cam5; infrared: cam3, cam6
     0001/0001.jpg ...      one folder per identity (4-digit id), its images inside
   exp/
-    train_id.txt           one line of comma-separated ids, e.g. 1,2,4,5
-    val_id.txt
+    train_id.txt           one line of comma-separated ids, e.g. 1,2,4,5 (training only)
+    val_id.txt             (training only)
     test_id.txt"""
+TRAINING_PART = ("exp/train_id.txt", "exp/val_id.txt")  # absent both: a test-only tree
 
 
 def read_split_ids(root: Path, *, holdout_val: bool) -> dict[int, str]:
-    """Maps every listed id to its split: val ids join train unless held out for model selection."""
+    """Maps every listed id to its split: val ids join train unless held out for model selection.
+
+    Only test ids when the tree has neither training list (a test-only copy).
+    """
     exp = require(DATASET, root / "exp", LAYOUT, is_dir=True)
-    lists = {
-        name: read_id_list(require(DATASET, exp / f"{name}_id.txt", LAYOUT, is_dir=False))
-        for name in ("train", "val", "test")
-    }
+    names = ["test"]
+    present = [(root / rel).is_file() for rel in TRAINING_PART]
+    if any(present):  # one training list without the other is an incomplete copy, not a test-only tree
+        names = ["train", "val", "test"]
+    lists = {name: read_id_list(require(DATASET, exp / f"{name}_id.txt", LAYOUT, is_dir=False)) for name in names}
     split_of: dict[int, str] = {}
     for name, ids in lists.items():
         split = "train" if name == "val" and not holdout_val else name
         for pid in ids:
             if split_of.get(pid, split) != split:
-                raise ValueError(f"{DATASET}: id {pid} is listed in more than one of {exp}/{{train,val,test}}_id.txt")
+                raise DatasetLayoutError(f"{DATASET}: id {pid} is listed in more than one of "
+                                         f"{exp}/{{train,val,test}}_id.txt", exp)
             split_of[pid] = split
     return split_of
 

@@ -11,12 +11,16 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from dmdl_dist.config import Config
-from dmdl_dist.data.datasets import load_manifest
-from dmdl_dist.data.images import verify_images
-from dmdl_dist.data.manifest import INFRARED, VISIBLE, columns, select
+from dmdl_dist.config import Config, ConfigError
+from dmdl_dist.data.datasets import DatasetLayoutError, load_manifest, require_training_part
+from dmdl_dist.data.images import check_images
+from dmdl_dist.data.manifest import INFRARED, MODALITY_NAMES, VISIBLE, columns, select
+from dmdl_dist.distributed import comm
+from dmdl_dist.engine.atomic import write_text
 
 log = logging.getLogger("dmdl_dist")
+BAD_IMAGES = "bad_images.txt"  # in the run folder: the images data.skip_bad_images left out
+_SHOWN = 5  # left-out images the warning names
 
 
 def cache_dir() -> Path:
@@ -29,7 +33,7 @@ def dataset_root(cfg: Config) -> Path:
     if cfg.data.root is not None:
         return Path(cfg.data.root).expanduser()
     if cfg.data.dataset != "synthvi":
-        raise ValueError(f"data.dataset={cfg.data.dataset} needs data.root")
+        raise ConfigError(f"data.dataset={cfg.data.dataset} needs data.root=/path/to/{cfg.data.dataset}")
     from dmdl_dist.data.synthvi import DEFAULT, TINY, generate
 
     size = {"default": DEFAULT, "tiny": TINY}[cfg.data.synthvi_size]
@@ -56,16 +60,22 @@ class RunData:
     test: pa.Table
 
 
-def load_run_data(cfg: Config) -> RunData:
+def load_run_data(cfg: Config, run_dir: str | Path | None = None) -> RunData:
+    """The run's data, every image opened once first; with data.skip_bad_images the unreadable ones are
+    left out, named in a warning and listed in RUN_DIR/bad_images.txt (when run_dir is given)."""
     root = dataset_root(cfg)
     manifest = load_manifest(cfg.data.dataset, root, trial=cfg.data.trial, holdout_val=cfg.data.holdout_val)
-    manifest = verify_images(root, manifest, skip_bad=cfg.data.skip_bad_images)
+    require_training_part(cfg.data.dataset, root, manifest)
+    manifest, bad = check_images(root, manifest, skip_bad=cfg.data.skip_bad_images)
+    if bad and comm.is_main():
+        report_skipped(bad, manifest.num_rows + len(bad), root, run_dir)
     train = select(manifest, split="train")
     paths, pids, camids = [], [], []
     for m in (VISIBLE, INFRARED):
         cols = columns(select(train, modality=m))
         if len(cols["path"]) == 0:
-            raise ValueError(f"{root} has no training images of modality {m}; check the data set layout")
+            raise DatasetLayoutError(f"{root} has no readable training images of the {MODALITY_NAMES[m]} modality; "
+                                     "check the data set layout", root)
         paths.append(list(cols["path"]))
         pids.append(cols["pid"])
         camids.append(cols["camid"])
@@ -75,3 +85,15 @@ def load_run_data(cfg: Config) -> RunData:
     else:
         val = None
     return RunData(root, manifest, paths, pids, camids, val, select(manifest, split="test"))
+
+
+def report_skipped(bad: list[tuple[str, str]], total: int, root: Path, run_dir: str | Path | None) -> Path | None:
+    """Warns how many images were left out and which (the first few), and lists them all in the run folder."""
+    listed = None
+    if run_dir is not None:
+        listed = write_text(Path(run_dir) / BAD_IMAGES, "".join(f"{path}\t{reason}\n" for path, reason in bad))
+    shown = ", ".join(path for path, _ in bad[:_SHOWN]) + (", ..." if len(bad) > _SHOWN else "")
+    where = f"; all {len(bad)} with the reason in {listed}" if listed else ""
+    log.warning(f"data.skip_bad_images=true: left out {len(bad)} of {total} images under {root} that cannot be "
+                f"read ({shown}){where}")
+    return listed

@@ -112,7 +112,7 @@ def train(
     echo = echo if main else silent
     device = session.device(cfg.train.device)
     seed_everything(cfg.train.seed)
-    data = load_run_data(cfg)
+    data = load_run_data(cfg, run_dir)
     model = build_model(
         cfg.model.arch, pretrained=cfg.model.pretrained, last_stride=cfg.model.last_stride,
         non_local=cfg.model.non_local, gem_p=cfg.model.gem_p,

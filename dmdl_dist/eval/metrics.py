@@ -26,6 +26,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dmdl_dist.errors import DmdlError
+
+
+class ProtocolError(DmdlError, ValueError):
+    """The images or features given cannot be evaluated by the protocol asked for (wrong data set, no matches)."""
+
+
 DEFAULT_RANKS = (1, 5, 10, 20)
 # Bounds the Q x G int64 temporaries of one chunk to about 16 MB each.
 _CHUNK_ELEMENTS = 1 << 21
@@ -95,7 +102,7 @@ def rank_metrics(
 
     num_valid = int(valid.sum())
     if num_valid == 0:
-        raise ValueError("no query has a true match in its (kept) gallery; check the protocol's query/gallery split")
+        raise ProtocolError("no query has a true match in its (kept) gallery; check the protocol's query/gallery split")
     hit_pos = dedup_pos if dedup_ranks else first_pos
     # Invalid queries have hit_pos > G, so they add zeros to the CMC sum, as in the reference.
     metrics = {f"rank{k}": 100.0 * float(np.sum(hit_pos <= k)) / num_valid for k in ranks}

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from dmdl_dist.data.manifest import INFRARED, MODALITY_NAMES, VISIBLE, columns
-from dmdl_dist.eval.metrics import DEFAULT_RANKS, rank_metrics
+from dmdl_dist.eval.metrics import DEFAULT_RANKS, ProtocolError, rank_metrics
 
 Direction = Literal["v2i", "i2v"]
 # (query pids, gallery pids, query camids, gallery camids) -> Q x G bool, True = discard.
@@ -68,11 +68,11 @@ def sysu_trials(manifest: pa.Table, mode: Literal["all", "indoor"] = "all", n_tr
     cols, test = _test_columns(manifest)
     query = np.flatnonzero(test & np.isin(cols["camid"], SYSU_QUERY_CAMS))
     if len(query) == 0:
-        raise ValueError(f"manifest has no test images of the query cameras {SYSU_QUERY_CAMS}; is it SYSU-MM01's?")
+        raise ProtocolError(f"manifest has no test images of the query cameras {SYSU_QUERY_CAMS}; is it SYSU-MM01's?")
     cams = SYSU_GALLERY_CAMS[mode]
     candidates = test & np.isin(cols["camid"], cams)
     if not candidates.any():
-        raise ValueError(f"manifest has no test images of the {mode}-search gallery cameras {cams}")
+        raise ProtocolError(f"manifest has no test images of the {mode}-search gallery cameras {cams}")
     pids = np.unique(cols["pid"][test])
     groups = _groups_by_pid_cam(cols, candidates)
     return [
@@ -88,9 +88,10 @@ def llcm_trials(manifest: pa.Table, direction: Direction, n_trials: int = 10) ->
     query = np.flatnonzero(test & (cols["modality"] == query_mod))
     candidates = test & (cols["modality"] == gallery_mod)
     if len(query) == 0:
-        raise ValueError(f"manifest has no {MODALITY_NAMES[query_mod]} test images for the LLCM {direction} query")
+        raise ProtocolError(f"manifest has no {MODALITY_NAMES[query_mod]} test images for the LLCM {direction} query")
     if not candidates.any():
-        raise ValueError(f"manifest has no {MODALITY_NAMES[gallery_mod]} test images for the LLCM {direction} gallery")
+        raise ProtocolError(f"manifest has no {MODALITY_NAMES[gallery_mod]} test images for the LLCM {direction} "
+                            "gallery")
     pids = np.unique(cols["pid"][test])
     cams = tuple(int(c) for c in np.unique(cols["camid"][candidates]))  # ascending, as the authors list them
     groups = _groups_by_pid_cam(cols, candidates)
@@ -108,7 +109,7 @@ def regdb_trial(manifest: pa.Table, direction: Direction) -> Trial:
     gallery = np.flatnonzero(test & (cols["modality"] == gallery_mod))
     for name, rows, mod in (("query", query, query_mod), ("gallery", gallery, gallery_mod)):
         if len(rows) == 0:
-            raise ValueError(f"manifest has no {MODALITY_NAMES[mod]} test images for the RegDB {direction} {name}")
+            raise ProtocolError(f"manifest has no {MODALITY_NAMES[mod]} test images for the RegDB {direction} {name}")
     return Trial(query, gallery, exclude=None, dedup_ranks=False)
 
 
@@ -162,7 +163,7 @@ def _test_columns(manifest: pa.Table) -> tuple[dict[str, np.ndarray], np.ndarray
     cols = columns(manifest)
     test = cols["split"] == "test"
     if not test.any():
-        raise ValueError("manifest has no rows with split == 'test'; build it from the dataset's test lists")
+        raise ProtocolError("manifest has no rows with split == 'test'; build it from the dataset's test lists")
     return cols, test
 
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from dmdl_dist.distributed import comm
-from dmdl_dist.engine.checkpoint import save_atomic
+from dmdl_dist.engine.checkpoint import load, save_atomic
 from dmdl_dist.memory.cluster_memory import ClusterMemory
 from dmdl_dist.memory.sharded import ShardedClusterMemory, reshard
 
@@ -41,6 +39,6 @@ def load_memory_shards(folder: Path, rank: int, world: int) -> dict[str, Sharded
     files = sorted(Path(folder).glob("memory_rank*.pt"))
     if not files:
         raise FileNotFoundError(f"no memory_rank*.pt in {folder}")
-    saved = [torch.load(f, map_location="cpu", weights_only=False) for f in files]
+    saved = [load(f, map_location="cpu") for f in files]  # tensors and plain values only (weights_only)
     names = [n for n in NAMES if n in saved[0]]
     return {n: reshard([s[n] for s in saved], rank, world) for n in names}

@@ -27,6 +27,7 @@ from torch import nn
 
 from dmdl_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dmdl_dist.engine.atomic import atomic_path
+from dmdl_dist.errors import DmdlError, MissingExtraError
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts.pt"}
@@ -36,8 +37,8 @@ INFO_KEY, TS_INFO_FILE = "dmdl", "dmdl.json"
 EXAMPLE_BATCH = 2
 
 
-class MissingExtraError(ImportError):
-    """An optional dependency of dmdl_dist is not installed."""
+class ExportError(DmdlError, ValueError):
+    """An export format or exported file that dmdl_dist cannot handle."""
 
 
 class FeatureNet(nn.Module):
@@ -143,4 +144,4 @@ def require_onnx() -> None:
 
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
+        raise ExportError(f"unknown export format {fmt!r}; expected one of {FORMATS}")

@@ -9,7 +9,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from dmdl_dist.serve.export import INFO_KEY, INPUT, OUTPUT, TS_INFO_FILE, FeatureNet, quiet_jit, require_onnx
+from dmdl_dist.errors import MissingPathError
+from dmdl_dist.serve.export import (
+    INFO_KEY,
+    INPUT,
+    OUTPUT,
+    TS_INFO_FILE,
+    ExportError,
+    FeatureNet,
+    quiet_jit,
+    require_onnx,
+)
 
 
 def read_export_info(path: str | Path, fmt: str | None = None) -> dict:
@@ -27,7 +37,7 @@ def read_export_info(path: str | Path, fmt: str | None = None) -> dict:
             torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         raw = extra[TS_INFO_FILE] or None
     if raw is None:
-        raise ValueError(f"{path} carries no dmdl_dist description; write it with `dmdl export`")
+        raise ExportError(f"{path} carries no dmdl_dist description; write it with `dmdl export`")
     return json.loads(raw)
 
 
@@ -67,11 +77,11 @@ def format_of(path: str | Path) -> str:
         return "onnx"
     if name.endswith((".pt", ".pth")):
         return "torchscript"
-    raise ValueError(f"cannot tell the format of {path} from its name; name it *.onnx or *.ts.pt, or pass fmt")
+    raise ExportError(f"cannot tell the format of {path} from its name; name it *.onnx or *.ts.pt, or pass fmt")
 
 
 def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no exported model at {path}")
+        raise MissingPathError(f"no exported model at {path}")
     return path

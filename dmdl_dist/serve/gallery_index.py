@@ -19,13 +19,14 @@ import numpy as np
 
 from dmdl_dist.clustering.knn import _faiss
 from dmdl_dist.engine.atomic import atomic_path
+from dmdl_dist.errors import DmdlError, MissingPathError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 CACHE_DIR = ".dmdl_index"
 _KEY_CHARS = 16  # hex digits of a hash kept in cache file names
 
 
-class EmptyGalleryError(ValueError):
+class EmptyGalleryError(DmdlError, ValueError):
     """A gallery folder holds no images."""
 
 
@@ -41,7 +42,7 @@ def list_gallery(gallery: str | Path) -> list[str]:
     """Relative POSIX paths of the images under `gallery` (recursive, sorted), the cache folder excluded."""
     gallery = Path(gallery)
     if not gallery.is_dir():
-        raise FileNotFoundError(f"gallery folder {gallery} does not exist; give a folder of .jpg/.png/.bmp images")
+        raise MissingPathError(f"gallery folder {gallery} does not exist; give a folder of .jpg/.png/.bmp images")
     paths = sorted(
         p.relative_to(gallery).as_posix()
         for p in gallery.rglob("*")

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from dmdl_dist.config import from_dict
-from dmdl_dist.data.datasets import load_manifest
+from dmdl_dist.config import ConfigError, from_dict
+from dmdl_dist.data.datasets import DatasetLayoutError, load_manifest
 from dmdl_dist.data.manifest import columns, select
 from dmdl_dist.distributed.session import local_device
 from dmdl_dist.engine import checkpoint as ckpt
@@ -21,14 +21,18 @@ from dmdl_dist.models.backbone import build_model
 def load_model(path: str | Path, device: torch.device | None = None):
     """(model in eval mode, its run config) from a dmdl_dist checkpoint (last.pt or best.pt)."""
     saved = ckpt.load(path)
-    if "model" not in saved or "config" not in saved:
+    if "model" not in saved or not isinstance(saved.get("config"), dict):
         raise ckpt.CheckpointError(f"{path} is not a dmdl_dist checkpoint (no 'model'/'config' entries)")
-    cfg = from_dict(saved["config"])
+    try:
+        cfg = from_dict(saved["config"])
+    except ConfigError as err:
+        raise ckpt.CheckpointError(f"checkpoint {path} holds a config this version cannot use: {err}") from None
     device = device or local_device(cfg.train.device)
     # The weights come from the checkpoint: never look for ImageNet weights here.
     model = build_model(cfg.model.arch, pretrained=None, last_stride=cfg.model.last_stride,
                         non_local=cfg.model.non_local, gem_p=cfg.model.gem_p)
-    model.load_state_dict(saved["model"])
+    expected = f"the one its config builds (model.arch={cfg.model.arch}, model.non_local={cfg.model.non_local})"
+    ckpt.load_weights(model, saved, Path(path), expected)
     return model.to(device).eval(), cfg
 
 
@@ -50,6 +54,8 @@ def extract_to_parquet(path: str | Path, dataset: str, root: str | Path, split: 
     manifest = load_manifest(dataset, root)
     if split != "all":
         manifest = select(manifest, split=split)
+    if manifest.num_rows == 0:
+        raise DatasetLayoutError(f"{root} holds no images of split {split!r} of {dataset}; nothing to extract", root)
     feats = checkpoint_feature_fn(path, root)(manifest)
     write_features_parquet(out, list(columns(manifest)["path"]), feats)
     return manifest.num_rows

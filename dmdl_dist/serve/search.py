@@ -16,6 +16,8 @@ import torch
 
 from dmdl_dist.data.images import find_bad_images, image_problem
 from dmdl_dist.engine.extract import extract_features
+from dmdl_dist.errors import DmdlError, MissingPathError
+from dmdl_dist.extras import require_faiss
 from dmdl_dist.serve.gallery_index import (
     GalleryIndex,
     build_index,
@@ -32,11 +34,11 @@ _SHOWN = 5  # unreadable gallery images an error lists
 log = logging.getLogger(__name__)
 
 
-class QueryImageError(ValueError):
+class QueryImageError(DmdlError, ValueError):
     """The query file exists but is not a readable image."""
 
 
-class GalleryImagesError(ValueError):
+class GalleryImagesError(DmdlError, ValueError):
     """Some gallery images cannot be read."""
 
 
@@ -57,11 +59,11 @@ class SearchResult:
 
 
 def check_query(query: str | Path) -> Path:
-    """The query path, or FileNotFoundError / QueryImageError saying why it cannot be used."""
+    """The query path, or MissingPathError / QueryImageError saying why it cannot be used."""
     query = Path(query)
     problem = image_problem(query)
     if problem == "missing":
-        raise FileNotFoundError(f"query image {query} does not exist")
+        raise MissingPathError(f"query image {query} does not exist")
     if problem is not None:
         raise QueryImageError(f"query image {query} cannot be used: {problem}")
     return query
@@ -122,6 +124,7 @@ def search(
     """
     if top < 1:
         raise ValueError(f"--top must be at least 1, got {top}")
+    require_faiss("dmdl search (the gallery index)")  # before any image or the checkpoint is read
     query, gallery = check_query(query), Path(gallery)
     paths = list_gallery(gallery)  # a missing or empty gallery fails before the checkpoint is read
     model, cfg = load_model(checkpoint, device)

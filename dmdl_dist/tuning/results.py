@@ -16,6 +16,7 @@ import pyarrow as pa
 from dmdl_dist.config import save_config, total_epochs
 from dmdl_dist.data.manifest import write_parquet
 from dmdl_dist.engine.atomic import write_text
+from dmdl_dist.errors import DmdlError
 from dmdl_dist.report.history import read_history
 from dmdl_dist.report.report import write_table_report
 from dmdl_dist.report.tb import write_tensorboard
@@ -26,7 +27,7 @@ SUMMARY = "summary.md"
 BEST_CONFIG = "best_config.yaml"
 
 
-class SweepError(RuntimeError):
+class SweepError(DmdlError, RuntimeError):
     """The sweep produced nothing to select from."""
 
 
