@@ -45,7 +45,8 @@ def option(default: Any, doc: str, *, stage: int | str | None = BOTH, choices: t
 @dataclass
 class DataConfig:
     dataset: str = option("synthvi", "data set to train on", choices=("synthvi", "sysu", "regdb", "llcm"))
-    root: str | None = option(None, "data set root folder; for synthvi, null means the generated copy in the cache")
+    root: str | None = option(None, "data set root folder; for synthvi, null means the generated copy in the cache",
+                              stage=RUN)  # where the data lies, not what it is: a moved data set resumes
     synthvi_size: str = option("default", "which SynthVI is generated when root is null", choices=("default", "tiny"))
     synthvi_bias: float | None = option(
         None, "SynthVI's modality bias (0: infrared heat follows visible colour, 1: independent); null: the "
@@ -491,10 +492,9 @@ def from_dict(data: dict) -> Config:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    from dmdl_dist.engine.atomic import write_text  # atomic, fsynced; config stays importable on its own
+
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def load_run_config(

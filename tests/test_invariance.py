@@ -6,6 +6,10 @@ pseudo-labels must agree. It holds because the global batch is drawn alike for a
 each image's augmentation is seeded by its place in that batch, the losses that look across the
 batch see every worker's features, BatchNorm statistics span the global batch, and the memories
 are updated over the gathered batch in one global order.
+
+The learning rate is the real-data recipe's order (1e-4; the tiny preset's from-scratch 1e-3 makes
+Adam amplify fp32 rounding, 1e-6 at the first step, about tenfold per step: README, "Distributed
+training").
 """
 
 import json
@@ -13,12 +17,12 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from dmdl_dist.config import load_config
 from dmdl_dist.engine import checkpoint as ckpt
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
+LR = 1e-4
 
 
 def _run(tmp_path, workers: int):
@@ -26,7 +30,7 @@ def _run(tmp_path, workers: int):
 
     cfg = load_config("tiny", overrides=[f"dist.workers={workers}", "dist.cpus_per_worker=0.5", "model.sync_bn=true",
                                          "dist.precision=fp32", "run.report=false", "data.holdout_val=false",
-                                         "train.iters_per_epoch=3"])
+                                         "train.iters_per_epoch=3", f"train.lr={LR}"])
     run = tmp_path / f"w{workers}"
     result = make_trainer(cfg, run, progress=False).fit()
     assert result.error is None, repr(result.error)
@@ -54,5 +58,8 @@ def test_one_and_two_workers_train_the_same_model(tmp_path, tiny_root):
             np.testing.assert_allclose(b["step_losses"][name], values, rtol=1e-4, atol=1e-6, err_msg=name)
     assert "cai" in one[1]["step_losses"]
     for key, value in weights_one.items():
-        if value.is_floating_point():
-            torch.testing.assert_close(weights_two[key], value, rtol=1e-4, atol=1e-4, msg=key)
+        if value.is_floating_point() and value.numel():
+            diff = weights_two[key] - value
+            assert diff.norm() <= 1e-4 * max(value.norm(), 1e-6), key  # each tensor within 1e-4 (relative L2)
+            # elementwise: a weight whose gradient is rounding noise may get Adam's opposite step, 2 x lr at most
+            assert diff.abs().max() <= 2 * LR, key

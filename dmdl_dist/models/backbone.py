@@ -21,7 +21,12 @@ from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 from torchvision.models.resnet import BasicBlock
 
+from dmdl_dist.errors import DmdlError, MissingPathError
 from dmdl_dist.models.layers import BNNeck, GeM, NonLocal
+
+
+class WeightsError(DmdlError, ValueError):
+    """A file given as trunk weights (model.pretrained) does not fit the network."""
 
 ARCHS = ("resnet50", "small")
 NON_LOCAL_RESNET50 = (0, 2, 3, 0)  # AGW's placement: after the last 2 blocks of layer2, the last 3 of layer3
@@ -175,15 +180,15 @@ def _weights_file(pretrained: str, arch: str) -> Path:
     if pretrained != "imagenet":
         path = Path(pretrained)
         if not path.is_file():
-            raise FileNotFoundError(f"model.pretrained={pretrained!r}: no such file; give a .pth state dict")
+            raise MissingPathError(f"model.pretrained={pretrained!r}: no such file; give a .pth state dict")
         return path
     if arch != "resnet50":
-        raise ValueError(f"there are no ImageNet weights for arch {arch!r}; use model.pretrained=null")
+        raise WeightsError(f"there are no ImageNet weights for arch {arch!r}; use model.pretrained=null")
     candidates = imagenet_cache_candidates()
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"model.pretrained='imagenet' but torchvision's cache holds no ResNet-50 weights: expected "
         f"{candidates[0]} (or {candidates[1].name} beside it). dmdl_dist never downloads. On a machine "
         f"with network run: python -c \"import torchvision; torchvision.models.resnet50(weights='IMAGENET1K_V1')\" "
@@ -197,19 +202,23 @@ def load_trunk_weights(trunk: Trunk, path: Path) -> None:
     Accepts a plain state dict or one under "state_dict", with or without DataParallel's
     "module." prefix. The classifier (fc.*) is dropped; only non-local blocks may be missing.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never runs code from the file
+    except Exception as err:  # a pickle naming Python objects, a truncated or foreign file
+        raise WeightsError(f"{path} is not a plain tensor state dict and was refused ({str(err).splitlines()[0]})") \
+            from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
+        raise WeightsError(f"{path} does not hold a state dict (found {type(state).__name__})")
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
     try:
         missing, unexpected = trunk.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches raise even with strict=False
-        raise ValueError(f"{path} does not fit the trunk: {err}") from err
+        raise WeightsError(f"{path} does not fit the trunk: {err}") from err
     missing = [k for k in missing if not k.startswith("non_local.")]
     if missing or unexpected:
-        raise ValueError(
+        raise WeightsError(
             f"{path} does not fit the trunk: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}; "
             "expected a torchvision ResNet state dict of the same architecture"

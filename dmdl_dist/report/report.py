@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from dmdl_dist.engine.atomic import write_text
+from dmdl_dist.errors import MissingPathError
 from dmdl_dist.report.curves import plot_curves
 from dmdl_dist.report.environment import environment, environment_markdown
 from dmdl_dist.report.gap import between_identity_distance, cross_modality_distance, load_snapshots
@@ -40,7 +41,7 @@ def write_report(run_dir: str | Path, *, model_pictures: bool = True, model_inpu
     run_dir = Path(run_dir)
     config_file, metrics_file, results_file = (run_dir / n for n in ("config.yaml", "metrics.jsonl", "results.json"))
     if not (config_file.is_file() or metrics_file.is_file()):
-        raise FileNotFoundError(f"{run_dir} is not a dmdl_dist run folder: it has neither config.yaml nor "
+        raise MissingPathError(f"{run_dir} is not a dmdl_dist run folder: it has neither config.yaml nor "
                                 "metrics.jsonl (a run folder is what `dmdl train` writes under runs/NAME)")
     history = read_history(metrics_file)
     results = json.loads(results_file.read_text()) if results_file.is_file() else None
