@@ -166,8 +166,30 @@ class DeepSpeedEngine(Engine):
             log.warning(f"the checkpoint's optimizer state is partitioned for {saved_world} workers, this run has "
                         f"{comm.world_size()}: resuming the weights with a fresh optimizer")
             return
+        self.net.checkpoint_engine.load = _safe_deepspeed_load  # DeepSpeed's own unpickles arbitrary objects
         self.net.load_checkpoint(str(folder), tag=DEEPSPEED_TAG, load_module_strict=True,
                                  load_optimizer_states=True, load_lr_scheduler_states=False)
+
+
+def _deepspeed_state_classes() -> list:
+    """The plain classes DeepSpeed pickles into its ZeRO partitions (loss scaler, stage enum, fragment address)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _safe_deepspeed_load(path: str, map_location=None):
+    """DeepSpeed's checkpoint load with weights_only=True: tensors, plain values and DeepSpeed's own data classes."""
+    from dmdl_dist.engine.checkpoint import CheckpointError
+
+    try:
+        with torch.serialization.safe_globals(_deepspeed_state_classes()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"DeepSpeed checkpoint file {path} refused: it is not plain tensors and DeepSpeed's "
+                              f"state ({str(err).splitlines()[0]})") from err
 
 
 def build_engine(model: torch.nn.Module, device: torch.device, cfg: Config) -> Engine:
