@@ -113,8 +113,7 @@ def train_one_epoch(engine: Engine, data: RunData, ref: Refresh, cfg: Config, pl
             raise FloatingPointError(f"non-finite loss at epoch {plan.epoch + 1}, step {step + 1}: "
                                      f"{ {k: round(v, 4) for k, v in logged.items()} }")
         engine.step(total)
-        update_memories(ref.memories, batches, feats, stage=plan.stage, adaptive=cfg.cai.adaptive_momentum,
-                        global_batch=plan.settings.global_batch)
+        update_memories(ref.memories, batches, feats, stage=plan.stage, adaptive=cfg.cai.adaptive_momentum)
         for k, v in {**logged, "total": sum(logged.values())}.items():
             steps.setdefault(k, []).append(v)
         bar.set_postfix(loss=f"{steps['total'][-1]:.3f}")

@@ -139,7 +139,7 @@ def train_step(
             targets_at.append(torch.ones_like(lam))
             continue
         if m == INFRARED:
-            memories.anchor_preview = preview_anchor(memories, batches[VISIBLE], per_mod[VISIBLE], s.global_batch)
+            memories.anchor_preview = preview_anchor(memories, batches[VISIBLE], per_mod[VISIBLE])
         if isinstance(memories.unified, ShardedClusterMemory):
             own, c, t_y = sharded.stage2_losses(unit, memories, m, labels, lam, views, s)
         else:
@@ -192,12 +192,12 @@ def _stage2_losses(unit, memories: Memories, m: int, labels, lam, views: int, s:
 
 
 @torch.no_grad()
-def preview_anchor(memories: Memories, batch: Batch, unit: list[torch.Tensor], global_batch: bool) -> torch.Tensor:
+def preview_anchor(memories: Memories, batch: Batch, unit: list[torch.Tensor]) -> torch.Tensor:
     """The anchor memory's centroids (this rank's shard, when sharded) after the visible rows' updates.
 
     What the infrared rows' gradient sees in the release (memory.cluster_memory.scores).
     """
-    gather = comm.all_gather_cat if global_batch else (lambda t: t)
+    gather = comm.all_gather_cat
     preview = copy.deepcopy(memories.own[memories.anchor])
     preview.update(torch.cat([gather(F.normalize(v.detach(), dim=1)) for v in unit]),
                    gather(batch.labels).repeat(len(unit)))
@@ -206,7 +206,7 @@ def preview_anchor(memories: Memories, batch: Batch, unit: list[torch.Tensor], g
 
 @torch.no_grad()
 def update_memories(memories: Memories, batches: list[Batch], feats: StepFeatures, *, stage: int,
-                    adaptive: bool = True, global_batch: bool = True) -> None:
+                    adaptive: bool = True) -> None:
     """The release's updates after the optimizer step, sample by sample over the gathered global batch.
 
     Stage 1: each modality's memory from its rows (view 1 rows, then view 2). Stage 2: first the
@@ -216,7 +216,7 @@ def update_memories(memories: Memories, batches: list[Batch], feats: StepFeature
     unified memory by the label's row in the anchor memory, which is the label itself (the anchor's
     rows are the shared labels 0..U-1); a label the anchor memory lacks leaves the unified memory as it is.
     """
-    gather = comm.all_gather_cat if global_batch else (lambda t: t)
+    gather = comm.all_gather_cat  # every rank's rows (also with dist.batch=per_worker): the memories stay one
     rows = []  # per modality: (unit features, labels, targets at the labels), all views, global order
     for m, b in enumerate(batches):
         labels = gather(b.labels).repeat(len(b.views))
