@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-GROUPS = ("train", "data", "evaluate", "serve", "report", "tune")
+GROUPS = ("train", "data", "evaluate", "serve", "report", "tune", "config")
 
 
 def modules() -> list[ModuleType]:
