@@ -54,20 +54,29 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.verbose, args.debug = getattr(args, "verbose", False), getattr(args, "debug", False)
     logs.setup_console(verbose=args.verbose)
-    handlers = {}
+    handlers, expected = {}, [DmdlError, *_legacy_user_errors()]
     for module in commands.modules():
         handlers.update(module.COMMANDS)
+        expected += module.user_errors()
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
         print(f"dmdl {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        user = err if isinstance(err, DmdlError) else _wrapped_user_error(err)
+        user = err if isinstance(err, tuple(expected)) else _wrapped_user_error(err)
         if user is None or args.debug:
             raise  # a bug (or --debug): the traceback is what helps
         print(error_paragraph(args.command, user), file=sys.stderr)
         return getattr(user, "exit_code", 2)
+
+
+def _legacy_user_errors() -> list[type[Exception]]:
+    """Expected errors that do not derive from DmdlError yet (issue 11 item 12 converts them; then this goes)."""
+    from dmdl_dist.data.images import BadImagesError
+    from dmdl_dist.engine.checkpoint import CheckpointError
+
+    return [FileNotFoundError, BadImagesError, CheckpointError]
 
 
 def _wrapped_user_error(err: BaseException):

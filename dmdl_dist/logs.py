@@ -5,13 +5,17 @@ stderr without logging (a traceback, a crash, a C++ assertion) still reaches the
 Python warnings become log records of 'py.warnings' that the console shows. Libraries that log
 about themselves at INFO or WARNING (Ray's life cycle, DeepSpeed's accelerator detection,
 faiss's loader fall-backs, torch's CUDA probing) show only their errors on the console; their
-every record is in the log file. `verbose` puts every record on the console again.
+every record is in the log file. A Python warning is a record of the package whose code issued
+it (torch's deprecation notices are torch's). `verbose` puts every record on the console again.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,18 +69,33 @@ class ConsoleFormatter(logging.Formatter):
         return text if _under(record.name, OURS) else f"{record.name}: {record.levelname.lower()}: {text}"
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a record comes (a test's capture, a redirect)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dmdl_console = True
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_console(verbose: bool = False) -> None:
     """The CLI's console: one stderr handler on the root logger, filtered by ConsoleFilter."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "dmdl_console", False)]:
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.dmdl_console = True
+    handler = _Stderr()
     handler.setFormatter(ConsoleFormatter("%(message)s"))
     handler.addFilter(ConsoleFilter(verbose))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logging.captureWarnings(True)
+    capture_warnings()
 
 
 @contextmanager
@@ -128,7 +147,58 @@ def route_worker(folder: str | Path, rank: int, verbose: bool = False,
         if logger is not root:
             for handler in file_handlers:
                 logger.addHandler(handler)
-    if "DeepSpeed" in logging.Logger.manager.loggerDict:
-        adopt("DeepSpeed")
-    logging.captureWarnings(True)
+    adopt_libraries()
+    capture_warnings()
     return path
+
+
+def adopt_libraries() -> None:
+    """adopt() the loggers that DeepSpeed and torch gave their own stderr handlers, if imported."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and logger.handlers and (
+                _under(name, "DeepSpeed") or _under(name, "torch")):
+            adopt(name)
+
+
+_PACKAGE = re.compile(r"[/\\](?:site|dist)-packages[/\\]([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def warning_logger(filename: str) -> str:
+    """The logger a warning issued in `filename` goes to: its installed package, ours, or 'py.warnings'."""
+    found = _PACKAGE.search(filename)
+    if found:
+        return found.group(1)
+    return OURS if f"{OURS}/" in filename.replace("\\", "/") else "py.warnings"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = warnings.formatwarning(message, category, filename, lineno, line).rstrip()
+    logging.getLogger(warning_logger(filename)).warning("%s", text)
+
+
+def capture_warnings() -> None:
+    """Python warnings become WARNING records of the package that issued them (logging.captureWarnings
+    files them all under 'py.warnings', whatever library they come from)."""
+    warnings.showwarning = _show_warning
+
+
+class LineLogger(io.TextIOBase):
+    """A text stream that logs each line written to it (for prints: libraries that print instead of log)."""
+
+    def __init__(self, logger: logging.Logger, level: int = logging.INFO):
+        self.logger, self.level, self._buffer = logger, level, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._buffer = (self._buffer + text).split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.log(self.level, "%s", line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._buffer.strip():
+            self.logger.log(self.level, "%s", self._buffer)
+        self._buffer = ""

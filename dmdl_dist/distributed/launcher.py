@@ -7,6 +7,7 @@ Ray's token authentication stays as Ray sets it (on by default); only tests turn
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -47,7 +48,9 @@ def _worker(loop_config: dict) -> None:
                       verbose=loop_config.get("verbose", False), explained=explained_by_driver)
     session = RaySession(run_dir)
     # The driver prints the epoch lines (distributed/progress.py) and the results table; workers stay quiet.
-    results = train(cfg, run_dir, progress=False, echo=silent, session=session)
+    # What libraries print (DeepSpeed: "... built successfully") is INFO of 'stdout': the log file's.
+    with contextlib.redirect_stdout(logs.LineLogger(logging.getLogger("stdout"))):
+        results = train(cfg, run_dir, progress=False, echo=silent, session=session)
     if comm.is_main() and cfg.run.report and "test" in results:
         from dmdl_dist.report.report import write_report  # on rank 0's node, where the test set is
 
@@ -127,7 +130,8 @@ def make_trainer(
     resources = {"CPU": d.cpus_per_worker}
     if d.gpus_per_worker > 0:
         resources["GPU"] = d.gpus_per_worker
-    env = {}
+    # Ray Train's print patch logs a worker's prints and also copies them to the console; _worker logs them
+    env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     if not verbose:
         env["TQDM_DISABLE"] = "1"  # a worker's progress bar reaches the console one redraw per line
     if d.backend == "deepspeed" and d.gpus_per_worker == 0:
@@ -180,6 +184,7 @@ def launch(cfg: Config, run_dir: str | Path, *, progress: bool = True, verbose: 
              f"(log: {log_path.parent}/)")
         console = RunConsole(total_epochs(cfg), d.max_failures, show_epochs=progress)
         trainer = make_trainer(cfg, run_dir, callbacks=[console.callback()], verbose=verbose)
+        logs.adopt_libraries()  # torch, imported by now, logs through its own stderr handler
         with console:
             try:
                 return trainer.fit()
