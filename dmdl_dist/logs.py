@@ -1,12 +1,12 @@
 """Where a process's log records go: our lines and real warnings to the console, everything to RUN_DIR/logs/.
 
 Routing is by logger name and level, never by hiding a stream: whatever a process writes to its
-stderr without logging (a traceback, a crash, a C++ assertion) still reaches the console, and
-Python warnings become log records of 'py.warnings' that the console shows. Libraries that log
-about themselves at INFO or WARNING (Ray's life cycle, DeepSpeed's accelerator detection,
-faiss's loader fall-backs, torch's CUDA probing) show only their errors on the console; their
-every record is in the log file. A Python warning is a record of the package whose code issued
-it (torch's deprecation notices are torch's). `verbose` puts every record on the console again.
+stderr without logging (a traceback, a crash, a C++ assertion) still reaches the console.
+Libraries that log about themselves at INFO or WARNING (Ray's life cycle, DeepSpeed's
+accelerator detection, faiss's loader fall-backs, torch's CUDA probing) show only their errors on
+the console; their every record is in the log file. A Python warning is a record of the package
+whose code issued it (torch's deprecation notices are torch's, ours and the user's reach the
+console). `verbose` puts every record on the console again.
 """
 
 from __future__ import annotations

@@ -175,6 +175,27 @@ def test_a_dead_worker_is_one_paragraph_with_the_resume_command(tmp_path):
     assert run_failure(bug, tmp_path, last_epoch=1, max_failures=3) is bug  # a bug keeps its traceback
 
 
+def test_restart_and_trial_lines():
+    from types import SimpleNamespace
+
+    from dmdl_dist.distributed.progress import restart_line, trial_printer
+
+    gloo = "raised RuntimeError: Connection closed by peer"
+    assert restart_line({0: gloo, 1: "died"}, 1, 1, 3) == (
+        "worker 1 died; restarting the worker group from epoch 1's checkpoint (restart 1 of 3)")
+    assert restart_line({0: "raised KeyError: 'x'", 1: "raised KeyError: 'x'"}, 0, 2, 3) == (
+        "worker 0, 1 raised KeyError: 'x'; restarting the worker group from the start (restart 2 of 3)")
+    lines = []
+    printer = trial_printer(4, out=SimpleNamespace(write=lines.append, flush=lambda: None))
+    trial = SimpleNamespace(trial_id="t_00001", config={"cai.weight": 0.123456, "cai.enabled": True}, path="/p")
+    printer.on_trial_start(0, [], trial)
+    printer.on_trial_result(0, [], trial, {"epoch": 2, "val_mAP": 30.04, "val_rank1": 12.0})
+    printer.on_trial_error(0, [], trial)
+    assert "".join(lines).splitlines() == ["trial t_00001 started: cai.enabled=True, cai.weight=0.1235",
+                                           "trial t_00001 epoch 2/4 | val R1 12.0 mAP 30.0",
+                                           "trial t_00001 failed (its error: /p)"]
+
+
 # ---------------------------------------------------------------- Ray: what listens, what the console shows
 
 PROBE = """

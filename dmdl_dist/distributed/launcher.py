@@ -66,6 +66,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def loopback_interface() -> str:
+    """The name of the network interface holding 127.0.0.1 ('lo' on Linux, 'lo0' on macOS)."""
+    import psutil  # a dependency of Ray
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address == "127.0.0.1" for a in addresses):
+            return name
+    return "lo"
+
+
 def connect(address: str | None = None, *, bind: str = "127.0.0.1", num_cpus: int | None = None) -> str:
     """Joins the cluster the user named, else starts a private local one; returns which, in words.
 
@@ -137,7 +147,7 @@ def make_trainer(
     if d.backend == "deepspeed" and d.gpus_per_worker == 0:
         env["DS_ACCELERATOR"] = "cpu"  # said, not detected: no "Setting accelerator to CPU" warning
     if is_loopback(ray.util.get_node_ip_address()):
-        env["GLOO_SOCKET_IFNAME"] = "lo"  # a loopback cluster is one machine: gloo's sockets stay on it too
+        env["GLOO_SOCKET_IFNAME"] = loopback_interface()  # a loopback cluster is one machine: so is gloo
     return trainer_class()(
         _worker,
         train_loop_config={"config": to_dict(cfg), "run_dir": str(run_dir), "verbose": verbose},
@@ -253,6 +263,7 @@ def unwrap_user_error(err: BaseException | None) -> DmdlError | None:
         if isinstance(e, DmdlError):
             return e
         todo += list(getattr(e, "worker_failures", {}).values())  # ray.train.WorkerGroupError
-        todo += [getattr(e, "controller_failure", None), getattr(e, "cause", None), e.__cause__, e.__context__,
+        # not __context__: a bug raised while a DmdlError was being handled is still a bug
+        todo += [getattr(e, "controller_failure", None), getattr(e, "cause", None), e.__cause__,
                  getattr(e, "_base_exc", None)]  # Ray Train's UserExceptionWithTraceback
     return None

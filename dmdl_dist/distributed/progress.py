@@ -177,7 +177,8 @@ def trial_printer(max_epochs: int, out=None):
             self._print(f"trial {trial.trial_id} done")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._print(f"trial {trial.trial_id} failed (its error: {trial.path or trial.local_path})")
+            where = getattr(trial, "path", None) or getattr(trial, "local_path", None) or "the sweep folder"
+            self._print(f"trial {trial.trial_id} failed (its error: {where})")
 
         def _print(self, line: str) -> None:
             print(line, file=out or sys.stderr, flush=True)
