@@ -73,7 +73,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                address=args.address)
         print_run_results(run_dir, cfg.eval.trials)
         return 0
-    train_local(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
+    from dmdl_dist.logs import FOLDER, log_file
+
+    with log_file(run_dir / FOLDER, "train"):  # what the console leaves out (library INFO, warnings) is kept here
+        train_local(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
     return 0
 
 
