@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -31,13 +30,12 @@ def main() -> None:
     p.add_argument("--sharded", action="store_true", help="sharded (PartialFC) cluster memory")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     from dmdl_dist.config import load_config
     from dmdl_dist.distributed.launcher import connect, launch
 
-    connect()  # the running cluster (ray up / ray start) when there is one, else a local one
+    connect()  # the cluster RAY_ADDRESS names (auto: the one `ray start` runs here), else a private one
     cpus = args.cpus_per_worker or max(0.5, min(1.0, ray.cluster_resources().get("CPU", 1) / max(args.workers)))
     rows = []
     with tempfile.TemporaryDirectory() as out:

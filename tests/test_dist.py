@@ -155,17 +155,51 @@ def test_progress_line_names_losses_clusters_and_speed():
         assert part in line, part
 
 
-def test_ray_session_falls_back_to_its_own_launch_copy_only(tmp_path, monkeypatch):
-    """A kill can beat Ray's registration of a checkpoint: the restarted group then finds none in Ray
-    and resumes from the run folder's copy, but only from a copy written by this launch."""
+def _payload(epoch: int) -> dict:
+    return {"state": {"epoch": epoch, "history": [{"epoch": e + 1} for e in range(epoch)]}, "model": {}}
+
+
+def test_ray_session_resumes_from_the_newer_of_ray_and_the_run_folder(tmp_path, monkeypatch):
+    """A kill can beat Ray's registration of a checkpoint, and `dmdl train --resume` is a new launch: resume
+    takes the newest intact checkpoint wherever it is (Ray's latest or the run folder's last.pt, whatever
+    launch wrote it) and rewrites metrics.jsonl to that checkpoint's epochs, so no epoch is recorded twice."""
+    import json
+
     import ray.train
 
-    from dmdl_dist.distributed.session import RaySession
+    from dmdl_dist.distributed.session import RANK_FILES, RaySession
     from dmdl_dist.engine import checkpoint as ckpt
 
+    run, ray_dir = tmp_path / "run", tmp_path / "ray"
+    ray_dir.mkdir()
+    ckpt.save_atomic(_payload(1), ray_dir / ckpt.LAST)  # Ray registered epoch 1 only
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint.from_directory(ray_dir))
+    ckpt.save_atomic({**_payload(2), "launch_id": "an earlier launch"}, run / ckpt.LAST)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2, 2)))
+
+    payload, files = RaySession(run).load("cpu")
+    assert payload["state"]["epoch"] == 2 and files is None  # the run folder's copy has no per-rank files
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+    ckpt.save_atomic(_payload(3), ray_dir / ckpt.LAST)  # now Ray's is the newer one
+    payload, files = RaySession(run).load("cpu")
+    assert payload["state"]["epoch"] == 3 and files.name == RANK_FILES
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
-    ckpt.save_atomic({"state": {"epoch": 1}, "launch_id": "abc"}, tmp_path / ckpt.LAST)
-    payload, files = RaySession(tmp_path, launch_id="abc").load("cpu")
-    assert payload["state"]["epoch"] == 1 and files is None
-    assert RaySession(tmp_path, launch_id="other").load("cpu") == (None, None)  # an earlier launch's file
-    assert RaySession(tmp_path / "new", launch_id="abc").load("cpu") == (None, None)
+    assert RaySession(run).load("cpu")[0]["state"]["epoch"] == 2  # no Ray checkpoint at all: the run folder's
+    assert RaySession(tmp_path / "new").load("cpu") == (None, None)
+
+
+def test_local_resume_rewrites_metrics_to_the_checkpoint(tmp_path):
+    """A kill between the checkpoint and its metrics line, or after a line whose checkpoint was lost:
+    the resumed run's metrics.jsonl holds exactly the epochs of the checkpoint it continues."""
+    import json
+
+    from dmdl_dist.distributed.session import LocalSession
+    from dmdl_dist.engine import checkpoint as ckpt
+
+    ckpt.save_atomic(_payload(2), tmp_path / ckpt.LAST)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")  # epoch 2's line never written
+    assert LocalSession(tmp_path, resume=True).load("cpu")[0]["state"]["epoch"] == 2
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]

@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 import dmdl_dist.serve.search as search_mod
-from dmdl_dist.commands.serve import COMMANDS, add_parsers, user_errors
+from dmdl_dist.commands.serve import COMMANDS, add_parsers
 from dmdl_dist.config import load_config, to_dict
 from dmdl_dist.engine.checkpoint import save_atomic
+from dmdl_dist.errors import DmdlError
 from dmdl_dist.models.backbone import build_model
 from dmdl_dist.serve.gallery_index import CACHE_DIR, EmptyGalleryError, list_gallery
 from dmdl_dist.serve.search import GalleryImagesError, QueryImageError, search
@@ -154,7 +155,7 @@ def test_bad_input_is_a_clear_error(checkpoint, gallery, tmp_path):
     with pytest.raises(GalleryImagesError, match=r"1 of 21 images .* \(cam1/cut.jpg: truncated"):
         search(checkpoint, gallery, query)
     # every one is a DmdlError, which the CLI prints as one line (exit code 2)
-    assert all(issubclass(e, user_errors()) for e in (EmptyGalleryError, QueryImageError, GalleryImagesError))
+    assert all(issubclass(e, DmdlError) for e in (EmptyGalleryError, QueryImageError, GalleryImagesError))
 
     parser = argparse.ArgumentParser(prog="dmdl")
     add_parsers(parser.add_subparsers(dest="command", required=True))

@@ -1,8 +1,8 @@
 """The handlers of the `dmdl` subcommands, one module per group; cli.py only parses and dispatches.
 
-Every module offers the same three things: `add_parsers(sub)` adds its subcommands to the argparse
-subparsers, `COMMANDS` maps each subcommand to its handler (argparse.Namespace -> exit code), and
-`user_errors()` lists the exceptions that mean bad input rather than a bug.
+Every module offers the same two things: `add_parsers(sub)` adds its subcommands to the argparse
+subparsers, and `COMMANDS` maps each subcommand to its handler (argparse.Namespace -> exit code).
+Expected failures raise dmdl_dist.errors.DmdlError; cli.main prints them as one paragraph.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-GROUPS = ("train", "data", "evaluate", "serve", "report", "tune")
+GROUPS = ("train", "data", "evaluate", "serve", "report", "tune", "config")
 
 
 def modules() -> list[ModuleType]:

@@ -25,7 +25,3 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"synth": cmd_synth}
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    return ()

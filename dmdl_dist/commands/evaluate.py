@@ -86,9 +86,3 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"eval-features": cmd_eval_features, "eval": cmd_eval, "extract": cmd_extract}
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    from dmdl_dist.errors import DmdlError
-
-    return (DmdlError,)  # MissingFeaturesError, FeaturesFileError, DatasetLayoutError, CheckpointError, ...

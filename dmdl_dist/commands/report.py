@@ -22,7 +22,3 @@ def cmd_report(args) -> int:
 
 
 COMMANDS = {"report": cmd_report}
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    return ()

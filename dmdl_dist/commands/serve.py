@@ -72,11 +72,4 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """Exceptions of these commands that mean bad input or a missing extra: all derive from DmdlError."""
-    from dmdl_dist.errors import DmdlError
-
-    return (DmdlError,)
-
-
 COMMANDS = {"export": cmd_export, "search": cmd_search}

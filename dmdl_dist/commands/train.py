@@ -26,6 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="Ray Train workers (default: dist.workers; 0 = local mode, one process, no Ray)")
     p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker (default: dist.*)")
+    p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="join this Ray cluster (default: dist.address, else RAY_ADDRESS, else start a private one)")
 
     p = sub.add_parser("ablate", help="baseline, +CAI, +CBT and full DMDL (plus floor and ceiling)")
     config_args(p)
@@ -87,11 +89,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if cfg.dist.workers > 0:
             from dmdl_dist.distributed.launcher import launch  # the Ray Train path; the driver holds the lock
 
-            result = launch(cfg, run_dir, progress=not args.no_progress)
-            if result.error is not None:
-                raise result.error
+            launch(cfg, run_dir, progress=not args.no_progress, verbose=getattr(args, "verbose", False),
+                   address=args.address)
         else:
-            train_local(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
+            from dmdl_dist.logs import FOLDER, log_file
+
+            with log_file(run_dir / FOLDER, "train"):  # what the console leaves out is kept here
+                train_local(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
             return 0
     print_run_results(run_dir, cfg.eval.trials)
     return 0
@@ -165,7 +169,8 @@ def print_run_results(run_dir: Path, trials: int) -> None:
     path = Path(run_dir) / "results.json"
     if path.is_file():
         print(results_text(json.loads(path.read_text()), trials))
-    print(f"run folder: {run_dir}")
+    report = Path(run_dir) / "report.md"
+    print(f"report: {report}" if report.is_file() else f"run folder: {run_dir}")
 
 
 def ablate(base, out: Path, *, seeds: int = 1, variants: list[str] | None = None, echo=print):
@@ -193,9 +198,3 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "ablate": cmd_ablate}
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    from dmdl_dist.errors import DmdlError
-
-    return (DmdlError,)  # every expected failure (cli.main prints it as one line, exit code 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,14 +28,18 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="sweeps folder (default: <run.out_dir>/tune)")
     p.add_argument("--name", default=None, help="sweep name (default: space, preset and time)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --out/--name")
+    p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="join this Ray cluster (default: dist.address, else RAY_ADDRESS, else start a private one)")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from dmdl_dist.config import ConfigError, to_dict
     from dmdl_dist.distributed.launcher import connect
+    from dmdl_dist.distributed.progress import trial_printer
+    from dmdl_dist.logs import FOLDER, log_file
     from dmdl_dist.tuning.results import SweepError, records_from_grid, write_results
     from dmdl_dist.tuning.space import load_space
-    from dmdl_dist.tuning.sweep import Sweep, prepare_base, run_sweep, unfinished_trials
+    from dmdl_dist.tuning.sweep import Sweep, max_epochs, prepare_base, run_sweep, unfinished_trials
 
     if args.samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {args.samples}")
@@ -46,8 +51,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     name = args.name or f"{args.space.stem}-{base.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep = Sweep(name=name, out=args.out or Path(base.run.out_dir) / "tune", base=base, space=space,
                   samples=args.samples, max_concurrent=args.max_concurrent)
-    connect()
-    grid = run_sweep(sweep, resume=args.resume)
+    with log_file(sweep.folder / FOLDER, "driver") as log:
+        where = connect(args.address or base.dist.address, bind=base.dist.bind)
+        print(f"dmdl tune: {where} (log: {log.parent}/)", file=sys.stderr)
+        verbose = getattr(args, "verbose", False)
+        if not verbose:  # Tune's new console output prints its settings table even at verbose=0; the old one does not
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        grid = run_sweep(sweep, resume=args.resume, verbose=int(verbose),
+                         callbacks=[] if verbose else [trial_printer(max_epochs(space, base))])
     left = unfinished_trials(sweep, grid)
     if left:
         print(f"dmdl tune: {left} trial(s) unfinished (interrupted); continue with the same arguments and "
@@ -65,9 +76,3 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"tune": cmd_tune}
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    from dmdl_dist.tuning.results import SweepError
-
-    return (SweepError,)

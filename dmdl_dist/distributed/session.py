@@ -2,11 +2,14 @@
 
 The trainer talks to a Session only, so the per-worker function is the same in both modes:
 every rank calls `save_epoch` once per epoch (Ray's report is a barrier), rank 0 writes.
+A resumed run rewrites metrics.jsonl from the checkpoint it resumes from, so the file holds one
+record per epoch of that checkpoint's history and never a duplicate of an epoch trained again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -16,6 +19,9 @@ import torch
 
 from dmdl_dist.distributed import comm
 from dmdl_dist.engine import checkpoint as ckpt
+from dmdl_dist.engine.atomic import write_text
+
+log = logging.getLogger("dmdl_dist")
 
 RANK_FILES = "ranks"  # checkpoint sub-folder of the files every rank writes itself
 RankWriter = Callable[[Path], None]
@@ -36,7 +42,10 @@ class LocalSession:
         last = self.run_dir / ckpt.LAST
         if not (self.resume and last.is_file()):
             return None, None
-        return ckpt.load(last, map_location=map_location), self.run_dir / RANK_FILES
+        payload = ckpt.load(last, map_location=map_location)
+        if comm.is_main():
+            rewrite_records(self.run_dir, payload["state"]["history"])
+        return payload, self.run_dir / RANK_FILES
 
     def save_epoch(self, payload: dict, record: dict, rank_files: RankWriter | None = None) -> None:
         """Rank 0 writes the payload and the record; every rank writes its own files (e.g. ZeRO partitions)."""
@@ -49,17 +58,17 @@ class LocalSession:
 
 
 class RaySession(LocalSession):
-    """Ray Train: each epoch's state is reported as a Ray checkpoint; resume comes from Ray's latest.
+    """Ray Train: each epoch's state is reported as a Ray checkpoint and kept in the run folder too.
 
-    Rank 0 also keeps the latest payload in the run folder, stamped with the launch id: a worker
-    killed right after a report can beat Ray's registration of that checkpoint, and the restarted
-    group then finds no Ray checkpoint; it resumes from the run folder's copy when that copy
-    belongs to this launch (and is visible to rank 0: on several nodes, a shared run folder).
+    Resume takes the newer of Ray's latest checkpoint and the run folder's last.pt (rank 0 writes
+    it before each report): a worker killed right after a report can beat Ray's registration of
+    that checkpoint, and a run resumed with `dmdl train --resume` after such a death finds Ray one
+    epoch behind. The run folder's copy counts where rank 0 sees it (on several nodes: a shared
+    run folder); it has no per-rank files, so a ZeRO optimizer restarts when it is the newer one.
     """
 
-    def __init__(self, run_dir: str | Path, *, launch_id: str = ""):
+    def __init__(self, run_dir: str | Path):
         super().__init__(run_dir, resume=False)
-        self.launch_id = launch_id
 
     def device(self, name: str) -> torch.device:
         import ray.train.torch
@@ -70,11 +79,20 @@ class RaySession(LocalSession):
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        payload, files = None, None
+        if checkpoint is not None:
+            folder = Path(checkpoint.to_directory())  # a local copy that outlives this call (DeepSpeed reads it later)
+            payload, files = ckpt.load(folder / ckpt.LAST, map_location=map_location), folder / RANK_FILES
+        own = self._own_copy() if comm.is_main() else None
+        if comm.broadcast_object(own is not None and epoch_of(own) > epoch_of(payload)):
             # loaded on the CPU: the payload is pickled to every rank, whose device may differ from rank 0's
-            return comm.broadcast_object(self._own_copy() if comm.is_main() else None), None
-        folder = Path(checkpoint.to_directory())  # a local copy that outlives this call (DeepSpeed reads it later)
-        return ckpt.load(folder / ckpt.LAST, map_location=map_location), folder / RANK_FILES
+            payload, files = comm.broadcast_object(own), None
+            if comm.is_main():
+                log.info("resuming from %s (epoch %d): newer than Ray's latest checkpoint",
+                         self.run_dir / ckpt.LAST, epoch_of(payload))
+        if payload is not None and comm.is_main():
+            rewrite_records(self.run_dir, payload["state"]["history"])
+        return payload, files
 
     def save_epoch(self, payload: dict, record: dict, rank_files: RankWriter | None = None) -> None:
         """Every rank reports once (a barrier); Ray merges the ranks' checkpoint folders into one.
@@ -90,7 +108,7 @@ class RaySession(LocalSession):
             if rank_files is not None:
                 rank_files(Path(folder) / RANK_FILES)
             if comm.is_main():  # serialised once: the run folder's copy, then copied into Ray's checkpoint
-                ckpt.save_atomic({**payload, "launch_id": self.launch_id}, own_copy)
+                ckpt.save_atomic(payload, own_copy)
                 shutil.copyfile(own_copy, Path(folder) / ckpt.LAST)
             has_files = any(Path(folder).iterdir())
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder) if has_files else None)
@@ -99,10 +117,18 @@ class RaySession(LocalSession):
 
     def _own_copy(self) -> dict | None:
         last = self.run_dir / ckpt.LAST
-        if not (self.launch_id and last.is_file()):
+        if not last.is_file():
             return None
-        payload = ckpt.load(last, map_location="cpu")
-        return payload if payload.get("launch_id") == self.launch_id else None
+        try:
+            return ckpt.load(last, map_location="cpu")
+        except ckpt.CheckpointError as err:  # written atomically, so only a foreign file gets here
+            log.warning("ignoring %s: %s", last, err)
+            return None
+
+
+def epoch_of(payload: dict | None) -> int:
+    """Epochs a checkpoint payload has trained (-1 for no payload)."""
+    return -1 if payload is None else int(payload["state"]["epoch"])
 
 
 def local_device(name: str) -> torch.device:
@@ -118,6 +144,12 @@ def append_record(run_dir: Path, record: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def rewrite_records(run_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl as the resumed checkpoint's history: drops records of epochs it did not keep (they
+    are trained again) and restores any it kept but the file lost (a kill between checkpoint and record)."""
+    write_text(Path(run_dir) / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
 
 def flat_metrics(record: dict) -> dict:

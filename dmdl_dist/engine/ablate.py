@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dmdl_dist.config import Config, apply_overrides
+from dmdl_dist.config import Config, ConfigError, apply_overrides
 from dmdl_dist.data.manifest import write_parquet
 from dmdl_dist.engine.atomic import write_text
 from dmdl_dist.engine.trainer import train
@@ -46,7 +46,7 @@ def run_ablation(base: Config, out: str | Path, *, seeds: int = 1, variants: lis
     names = variants or list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
-        raise ValueError(f"unknown ablation variant(s) {unknown}; choose from {list(VARIANTS)}")
+        raise ConfigError(f"unknown ablation variant(s) {unknown}; choose from {list(VARIANTS)}")
     rows = []
     for name in names:
         for seed in range(seeds):

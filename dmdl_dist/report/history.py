@@ -11,7 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-MODALITY_TAGS = ("visible", "infrared")  # index = modality code (VISIBLE 0, INFRARED 1)
+from dmdl_dist.errors import DmdlError
+
+MODALITY_TAGS = ("visible", "infrared")
+
+
+class HistoryError(DmdlError, ValueError):
+    """A metrics.jsonl that is not one JSON record per epoch."""  # index = modality code (VISIBLE 0, INFRARED 1)
 
 
 def read_history(path: str | Path) -> list[dict]:
@@ -30,9 +36,9 @@ def read_history(path: str | Path) -> list[dict]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} line {n} is not JSON ({err}); expected one record per epoch") from err
+            raise HistoryError(f"{path} line {n} is not JSON ({err}); expected one record per epoch") from err
         if "epoch" not in rec:
-            raise ValueError(f"{path} line {n} has no 'epoch' key; is it a dmdl_dist metrics.jsonl?")
+            raise HistoryError(f"{path} line {n} has no 'epoch' key; is it a dmdl_dist metrics.jsonl?")
         by_epoch[int(rec["epoch"])] = rec
     return [by_epoch[e] for e in sorted(by_epoch)]
 

@@ -243,7 +243,7 @@ def _write_record(sweep: Sweep) -> None:
     write_text(sweep.folder / SWEEP_FILE, yaml.safe_dump(sweep.record(), sort_keys=False))
 
 
-def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: int = 1):
+def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: int = 1, callbacks=()):
     """Runs (or, with resume, continues) the sweep; returns Tune's ResultGrid.
 
     Ray must already be initialised (the CLI joins a cluster or starts a local one). On resume,
@@ -279,6 +279,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: int = 1):
             num_samples=sweep.samples,
             trial_dirname_creator=trial_dirname,
         ),
-        run_config=tune.RunConfig(name=sweep.name, storage_path=sweep.storage, verbose=verbose),
+        run_config=tune.RunConfig(name=sweep.name, storage_path=sweep.storage, verbose=verbose,
+                                  callbacks=list(callbacks)),
     )
     return tuner.fit()
