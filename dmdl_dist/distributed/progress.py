@@ -21,11 +21,14 @@ def progress_line(metrics: dict, total_epochs: int) -> str:
     line = (f"epoch {metrics.get('epoch', 0):>3}/{total_epochs} [stage {metrics.get('stage', '?')}] {losses}"
             f" | clusters V {metrics.get('clusters.0', 0)} I {metrics.get('clusters.1', 0)}")
     if metrics.get("stage") == 2:
-        line += f" assoc {metrics.get('association_rate', 0):.0%}"
+        line += (f" anchor {'VI'[int(metrics.get('anchor', 1))]} shared {metrics.get('num_shared', 0)}"
+                 f" assoc {metrics.get('association_rate', 0):.0%}")
     line += (f" | refresh {metrics.get('time.refresh', 0):.1f}s train {metrics.get('time.train', 0):.1f}s"
              f" {metrics.get('images_per_s', 0):.0f} img/s x {metrics.get('workers', 1)} workers")
     if "val_mAP" in metrics:
         line += f" | val R1 {metrics['val_rank1']:.1f} mAP {metrics['val_mAP']:.1f}"
+    if metrics.get("degenerate_epochs"):
+        line += f" | WARNING degenerate clustering ({metrics['degenerate_epochs']} epoch(s) in a row)"
     return line
 
 

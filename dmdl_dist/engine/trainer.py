@@ -40,7 +40,6 @@ log = logging.getLogger("dmdl_dist")
 MODALITIES = (VISIBLE, INFRARED)
 
 
-@dataclass
 class DegenerateClusteringError(DmdlError):
     """The clustering stayed degenerate (one giant cluster, or all outliers) for too many epochs."""
 
@@ -82,7 +81,7 @@ def _epoch_line(rec: dict, total_epochs: int) -> str:
     if "val_mAP" in rec:
         line += f" | val R1 {rec['val_rank1']:.1f} mAP {rec['val_mAP']:.1f}"
     if rec.get("degenerate"):
-        line += f" | WARNING degenerate clustering: {'; '.join(rec['degenerate'])}"
+        line += f" | WARNING degenerate clustering ({rec['degenerate_epochs']} epoch(s) in a row)"
     return line
 
 
@@ -151,6 +150,9 @@ def train(
         state.degenerate_epochs = state.degenerate_epochs + 1 if ref.degenerate else 0
         if state.degenerate_epochs >= cfg.cluster.max_degenerate_epochs:
             raise DegenerateClusteringError(_degenerate_advice(cfg, ref, state.degenerate_epochs))
+        if ref.degenerate and main:
+            log.warning(f"epoch {epoch + 1}: degenerate clustering ({'; '.join(ref.degenerate)}); training on it "
+                        f"learns little. {_degenerate_fix(cfg)}")
         t1 = time.perf_counter()
         plan = EpochPlan(stage, epoch, step_settings(cfg, stage, in_stage), joint_sampling(cfg, stage, in_stage))
         if any(not (lab >= 0).any() for lab in (ref.labels.train_labels(m) for m in MODALITIES)):
@@ -159,6 +161,7 @@ def train(
             losses, steps = train_one_epoch(engine, data, ref, cfg, plan, device=device, progress=progress)
         t2 = time.perf_counter()
         rec = _record(cfg, ref, losses, steps, epoch, stage, t0, t1, t2)
+        rec["degenerate_epochs"] = state.degenerate_epochs
         if data.val is not None:
             val = comm.broadcast_object(
                 evaluate_split(model, data, data.val, cfg, device, trials=1, flip=False) if main else None
@@ -230,13 +233,16 @@ def silent(*_args, **_kwargs) -> None:
     """An echo that prints nothing (ranks other than 0, Ray workers)."""
 
 
+def _degenerate_fix(cfg: Config) -> str:
+    return (f"One giant cluster: lower cluster.eps (now {cfg.cluster.eps}) or cluster.k1 (now {cfg.cluster.k1}); "
+            f"every sample an outlier: raise cluster.eps or lower cluster.min_samples (now {cfg.cluster.min_samples})")
+
+
 def _degenerate_advice(cfg: Config, ref: Refresh, epochs: int) -> str:
     problems = "; ".join(ref.degenerate)
     return (f"the clustering has been degenerate for {epochs} epochs in a row ({problems}), so training learns "
-            f"nothing useful. One giant cluster: lower cluster.eps (now {cfg.cluster.eps}) or cluster.k1 (now "
-            f"{cfg.cluster.k1}); every sample an outlier: raise cluster.eps or lower cluster.min_samples (now "
-            f"{cfg.cluster.min_samples}). cluster.max_degenerate_epochs (now {cfg.cluster.max_degenerate_epochs}) "
-            "sets how long this is tolerated.")
+            f"nothing useful. {_degenerate_fix(cfg)}. cluster.max_degenerate_epochs (now "
+            f"{cfg.cluster.max_degenerate_epochs}) sets how long this is tolerated.")
 
 
 def _record(cfg: Config, ref: Refresh, losses: dict, steps: dict, epoch: int, stage: int, t0: float, t1: float,

@@ -73,7 +73,7 @@ def write_report(run_dir: str | Path, *, model_pictures: bool = True, model_inpu
         parts += ["## Time per phase\n",
                   "Summed over epochs (refresh = feature extraction, clustering and memory rebuild).\n",
                   phase_table(phase_times(history, results)),
-                  "## Epochs\n", epoch_table(history),
+                  "## Epochs\n", epoch_table(history), _warnings(history),
                   f"## TensorBoard\n\n`tensorboard --logdir {run_dir / TB}`\n"]
     parts += ["## Configuration\n", f"```yaml\n{config_text.rstrip()}\n```\n" if config_text else "No config.yaml.\n",
               "## Environment\n", "Of the machine that wrote this report; the workers are the run's.\n",
@@ -172,3 +172,13 @@ def _dataset_on_disk(cfg) -> Path | None:
         return dataset_root(cfg) if (cache_dir() / f"synthvi-{cfg.data.synthvi_size}").is_dir() else None
     root = Path(cfg.data.root).expanduser() if cfg.data.root else None
     return root if root is not None and root.is_dir() else None
+
+
+def _warnings(history: Sequence[dict]) -> str:
+    """Epochs the trainer warned about (a degenerate clustering), or nothing."""
+    flagged = [r for r in history if r.get("degenerate")]
+    if not flagged:
+        return ""
+    lines = "\n".join(f"- epoch {r['epoch']}: degenerate clustering: {'; '.join(r['degenerate'])}" for r in flagged)
+    return ("## Warnings\n\n" + lines + "\n\nA degenerate clustering trains on little: see cluster.eps, cluster.k1 "
+            "and cluster.min_samples (`dmdl config --keys`).\n")
