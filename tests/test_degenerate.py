@@ -1,4 +1,4 @@
-"""A clustering that trains nothing useful is said on the epoch line and in the report, and stops the run if it stays."""
+"""A clustering that trains nothing useful is said on the epoch line and in the report; if it stays, the run stops."""
 
 import json
 

@@ -92,7 +92,7 @@ def confidences(feats: list[torch.Tensor], labels: PseudoLabels, memories: Memor
     share = cfg.cbt.confidence_from_stage1 if stage == 1 else cfg.cbt.confidence_from_stage2
     stage_epochs = cfg.train.stage1_epochs if stage == 1 else cfg.train.stage2_epochs
     sizes = [lab.shape[0] for lab in labels.labels]
-    if cfg.cbt.confidence == "none" or epoch_in_stage < milestone(share, stage_epochs):
+    if not cfg.cbt.refine or cfg.cbt.confidence == "none" or epoch_in_stage < milestone(share, stage_epochs):
         return [np.ones(n, dtype=np.float32) for n in sizes]
     kw = dict(temperature=cfg.memory.temperature, scope=cfg.cbt.confidence_scope)
     if stage == 1:
