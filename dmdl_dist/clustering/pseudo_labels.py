@@ -1,12 +1,14 @@
 """Pseudo-labels for one epoch: per-modality Jaccard + DBSCAN, then (stage 2) cross-modality association.
 
 Pure functions over feature arrays; the distributed clustering service gathers the features,
-calls `make_pseudo_labels` once and sends the result to every worker.
+splits the k-NN search over every worker (distributed/knn.py), calls `make_pseudo_labels` once
+with the neighbours and sends the result to every worker.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +16,7 @@ import numpy as np
 from dmdl_dist.clustering.association import associate_hungarian, associate_nearest, unified_labels
 from dmdl_dist.clustering.dbscan import dbscan_labels
 from dmdl_dist.clustering.jaccard import jaccard_distance, knn_for_jaccard
+from dmdl_dist.clustering.knn import Neighbours
 
 
 @dataclass
@@ -39,16 +42,22 @@ class PseudoLabels:
 
 
 def cluster_features(
-    features: np.ndarray, *, k1: int, k2: int, eps: float, min_samples: int, timings: dict[str, float], tag: str
+    features: np.ndarray, *, k1: int, k2: int, eps: float, min_samples: int, timings: dict[str, float], tag: str,
+    knn_backend: str = "auto", device: str | None = None, neighbours: Neighbours | None = None,
 ) -> np.ndarray:
-    """Jaccard distance + DBSCAN labels of one modality's features."""
+    """Jaccard distance + DBSCAN labels of one modality's features.
+
+    neighbours: knn_for_jaccard(features, k1) found elsewhere (the sharded k-NN service, which
+    times it itself); None searches here with knn_backend on device.
+    """
     t0 = time.perf_counter()
-    neighbours = knn_for_jaccard(features, k1)
+    if neighbours is None:
+        neighbours = knn_for_jaccard(features, k1, backend=knn_backend, device=device)
+        timings[f"knn_{tag}"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     dist = jaccard_distance(features, k1=k1, k2=k2, neighbours=neighbours)
     t2 = time.perf_counter()
     labels = dbscan_labels(dist, eps=eps, min_samples=min_samples)
-    timings[f"knn_{tag}"] = t1 - t0
     timings[f"jaccard_{tag}"] = t2 - t1
     timings[f"dbscan_{tag}"] = time.perf_counter() - t2
     return labels
@@ -79,16 +88,22 @@ def make_pseudo_labels(
     eps: float,
     min_samples: int,
     association: str = "nearest",
+    knn_backend: str = "auto",
+    device: str | None = None,
+    neighbours: Sequence[Neighbours] | None = None,
 ) -> PseudoLabels:
     """Clusters each modality; in stage 2 also maps both modalities into one shared label space.
 
     The nearest-centroid direction alternates with the epoch: even epochs visible -> infrared,
-    odd epochs infrared -> visible (DMDL).
+    odd epochs infrared -> visible (DMDL). neighbours: per modality, knn_for_jaccard(features[m],
+    k1) found elsewhere; None searches here (knn_backend on device, as in clustering.knn.knn).
     """
     timings: dict[str, float] = {}
+    found = [None, None] if neighbours is None else list(neighbours)
     labels = [
-        cluster_features(f, k1=k1, k2=k2, eps=eps, min_samples=min_samples, timings=timings, tag=tag)
-        for f, tag in zip(features, ("visible", "infrared"), strict=True)
+        cluster_features(f, k1=k1, k2=k2, eps=eps, min_samples=min_samples, timings=timings, tag=tag,
+                         knn_backend=knn_backend, device=device, neighbours=nb)
+        for f, tag, nb in zip(features, ("visible", "infrared"), found, strict=True)
     ]
     counts = [int(lab.max()) + 1 if lab.size else 0 for lab in labels]
     result = PseudoLabels(labels=labels, num_clusters=counts, timings=timings)
