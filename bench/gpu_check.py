@@ -88,9 +88,9 @@ def _tiny_run(tmp: Path, device: torch.device) -> list[dict]:
     if ray is not None:
         from dmdl_dist.distributed.launcher import launch
 
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=max(2, min(8, os.cpu_count() or 2)), num_gpus=1 if gpu else 0, include_dashboard=False,
-                 log_to_driver=False, runtime_env={"env_vars": {"DMDL_CACHE": os.environ["DMDL_CACHE"]}})
+        ray.init(address="local", num_cpus=max(2, min(8, os.cpu_count() or 2)), num_gpus=1 if gpu else 0,
+                 include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                 runtime_env={"env_vars": {"DMDL_CACHE": os.environ["DMDL_CACHE"]}})
         try:
             cfg = load_config("tiny", overrides=["dist.workers=1", f"dist.gpus_per_worker={1 if gpu else 0}",
                                                  f"dist.cpus_per_worker={2 if gpu else 1}", "run.report=false"])
