@@ -99,7 +99,10 @@ def knn(
     k = int(min(k, n))
     start, end = _bounds(queries, n)
     name = resolve_backend(backend)
-    search, here = _faiss_search(x, device) if name == "faiss" else _torch_search(x, device, block_bytes)
+    if name == "faiss":
+        search, here = _faiss_search(x, device)
+    else:
+        search, here = _torch_search(x, _torch_device(features, device), block_bytes)
     ref = x.to(here)  # where the exact re-rank runs: the search's device
     slack = _slack(ref)
     sims = torch.empty(end - start, k, dtype=torch.float32)
@@ -152,7 +155,7 @@ def _slack(x: torch.Tensor) -> torch.Tensor:
     """
     n, d = x.shape
     gamma = d * _U32 / max(1.0 - d * _U32, 1e-12) + 4 * _U32
-    norms = torch.linalg.vector_norm(x.double(), dim=1)  # N
+    norms = torch.linalg.vector_norm(x, dim=1).double() * (1 + 1e-6)  # N; over any float32 rounding of the norm
     return gamma * norms * (norms.max() if n else 0.0)
 
 
@@ -168,9 +171,16 @@ def _exact_float32(device: torch.device):
         torch.set_float32_matmul_precision(before)
 
 
-def _torch_search(x: torch.Tensor, device, block_bytes: int):
-    here = torch.device(device) if device is not None else (
-        x.device if x.device.type != "cpu" or not torch.cuda.is_available() else torch.device("cuda"))
+def _torch_device(features: np.ndarray | torch.Tensor, device: str | torch.device | None) -> torch.device:
+    """The torch search's device: as asked, else where a tensor is, else CUDA when torch has it."""
+    if device is not None:
+        return torch.device(device)
+    if isinstance(features, torch.Tensor):
+        return features.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _torch_search(x: torch.Tensor, here: torch.device, block_bytes: int):
     base = x.to(here)  # N x D
     n = base.shape[0]
 
