@@ -25,7 +25,7 @@ def test_dbscan_recovers_blobs_and_marks_outliers():
     x, truth = blobs(10, 5)
     far = np.eye(16, dtype=np.float32)[:1] * -1  # one point away from every blob
     x = np.vstack([x, far])
-    labels = dbscan_labels(jaccard_distance(x, k1=10, k2=1, use_gpu=False), eps=0.6, min_samples=4)
+    labels = dbscan_labels(jaccard_distance(x, k1=10, k2=1, device="cpu"), eps=0.6, min_samples=4)
     assert labels.dtype == np.int64
     assert labels[-1] == -1
     assert sorted(set(labels[:-1])) == [0, 1, 2, 3, 4]

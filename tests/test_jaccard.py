@@ -9,11 +9,12 @@ import pytest
 
 from dmdl_dist.clustering import jaccard_distance
 from dmdl_dist.clustering.knn import gpu_available, knn
+from dmdl_dist.errors import DmdlError
 
 
 def dense_reference(x: np.ndarray, k1: int, k2: int) -> np.ndarray:
     n = len(x)
-    _, full = knn(x, n, use_gpu=False)  # one full ranking, so ties order as in the code under test
+    _, full = knn(x, n, device="cpu")  # one full ranking, so ties order as in the code under test
     rank = full[:, :k1]  # the field searches k1 neighbours, itself included
 
     def recip(i, k):
@@ -64,7 +65,7 @@ def filled(dist) -> np.ndarray:
 )
 def test_matches_dense_reference(n, d, centres, k1, k2):
     x = clustered(n, d, centres, seed=n + k1)
-    got = jaccard_distance(x, k1=k1, k2=k2, use_gpu=False)
+    got = jaccard_distance(x, k1=k1, k2=k2, device="cpu")
     want = dense_reference(x, k1, k2)
     assert got.shape == (n, n) and got.dtype == np.float32
     assert np.abs(filled(got) - want).max() < 1e-5
@@ -78,31 +79,31 @@ def test_small_blocks_give_the_same_distances(monkeypatch):
     import dmdl_dist.clustering.jaccard as jaccard
 
     x = clustered(150, 32, 10, seed=162)
-    whole = jaccard_distance(x, k1=12, k2=4, use_gpu=False)
+    whole = jaccard_distance(x, k1=12, k2=4, device="cpu")
     monkeypatch.setattr(jaccard, "_PAIR_BLOCK", 100)  # one or two rows per block
-    pieces = jaccard_distance(x, k1=12, k2=4, use_gpu=False)
+    pieces = jaccard_distance(x, k1=12, k2=4, device="cpu")
     assert abs(whole - pieces).max() < 1e-7 and whole.nnz == pieces.nnz
     assert np.abs(filled(pieces) - dense_reference(x, 12, 4)).max() < 1e-5
 
 
 def test_symmetric():
-    got = jaccard_distance(clustered(200, 16, 10, seed=5), k1=10, k2=4, use_gpu=False)
+    got = jaccard_distance(clustered(200, 16, 10, seed=5), k1=10, k2=4, device="cpu")
     assert abs(got - got.T).max() < 1e-6
 
 
 def test_small_n_uses_every_point():
     # N < k1: the lists hold all N points, as the field's code would without faiss's -1 padding.
     x = clustered(7, 4, 2, seed=1)
-    got = jaccard_distance(x, k1=30, k2=6, use_gpu=False)
+    got = jaccard_distance(x, k1=30, k2=6, device="cpu")
     assert got.shape == (7, 7)
     assert np.abs(filled(got) - dense_reference(x, 7, 6)).max() < 1e-5
-    assert jaccard_distance(x[:1], use_gpu=False).toarray().tolist() == [[0.0]]
-    assert jaccard_distance(x[:0], use_gpu=False).shape == (0, 0)
+    assert jaccard_distance(x[:1], device="cpu").toarray().tolist() == [[0.0]]
+    assert jaccard_distance(x[:0], device="cpu").shape == (0, 0)
 
 
 def test_storage_grows_linearly():
     x = clustered(2000, 32, 100, seed=3)
-    got = jaccard_distance(x, k1=20, k2=6, use_gpu=False)
+    got = jaccard_distance(x, k1=20, k2=6, device="cpu")
     assert got.nnz < 2000 * 400  # O(N k), nowhere near N^2 = 4M
 
 
@@ -116,13 +117,13 @@ def test_bad_arguments_are_named():
 def test_gpu_request_without_gpu_is_a_clear_error():
     if gpu_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(RuntimeError, match="faiss-gpu"):
-        knn(clustered(10, 4, 2, seed=0), 3, use_gpu=True)
+    with pytest.raises(DmdlError, match="faiss-gpu"):
+        knn(clustered(10, 4, 2, seed=0), 3, backend="faiss", device="cuda")
 
 
 def test_knn_includes_itself_first():
     x = clustered(50, 8, 5, seed=2)
-    sims, idx = knn(x, 5, use_gpu=False)
+    sims, idx = knn(x, 5, device="cpu")
     assert sims.shape == idx.shape == (50, 5) and idx.dtype == np.int64 and sims.dtype == np.float32
     assert (idx[:, 0] == np.arange(50)).all()
     assert np.allclose(sims, np.take_along_axis(x @ x.T, idx, axis=1), atol=1e-5)

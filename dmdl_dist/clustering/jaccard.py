@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
-from dmdl_dist.clustering.knn import knn
+from dmdl_dist.clustering.knn import Neighbours, knn
 
 # Contributions (row entry x column entry pairs) handled at once in step 5: bounds its scratch
 # memory, about 60 bytes each, whatever N is.
@@ -125,15 +126,23 @@ def _pair_distances(v: sp.csr_matrix) -> sp.csr_matrix:
     return sp.csr_matrix((data, indices, indptr), shape=(n, n))
 
 
-def knn_for_jaccard(features: np.ndarray, k1: int, *, use_gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The k-NN search jaccard_distance needs (2 k1 + 1 neighbours), for callers that time it apart."""
-    x = np.ascontiguousarray(features, dtype=np.float32)
-    return knn(x, min(x.shape[0], 2 * k1 + 1), use_gpu=use_gpu)
+def jaccard_k(n: int, k1: int) -> int:
+    """Neighbours jaccard_distance reads per row: 2 k1 + 1, clipped to the N rows."""
+    return min(n, 2 * k1 + 1)
+
+
+def knn_for_jaccard(
+    features: np.ndarray | torch.Tensor, k1: int, *, backend: str = "auto", device: str | torch.device | None = None,
+    queries: tuple[int, int] | slice | None = None,
+) -> Neighbours:
+    """The k-NN search jaccard_distance needs (jaccard_k neighbours), for callers that run it apart:
+    timed on its own, or sharded over workers (queries: this worker's rows; see distributed/knn.py)."""
+    return knn(features, jaccard_k(features.shape[0], k1), backend=backend, device=device, queries=queries)
 
 
 def jaccard_distance(
-    features: np.ndarray, k1: int = 30, k2: int = 6, *, use_gpu: bool | None = None,
-    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+    features: np.ndarray, k1: int = 30, k2: int = 6, *, backend: str = "auto",
+    device: str | torch.device | None = None, neighbours: Neighbours | None = None,
 ) -> sp.csr_matrix:
     """Sparse k-reciprocal Jaccard distances of unit features (N x D float32).
 
@@ -142,8 +151,8 @@ def jaccard_distance(
     faiss_rerank.compute_jaccard_distance(features, k1, k2) up to float rounding (~1e-6).
     When N < k1 the neighbour lists hold all N points (where the field's code would read
     faiss's -1 padding as an index); h = round(k1 / 2) and k2 are clipped the same way.
-    The k-NN search runs on faiss, on the GPU when faiss has one (use_gpu as in `knn`), unless
-    `neighbours` passes the result of knn_for_jaccard(features, k1) in.
+    `neighbours` is knn_for_jaccard(features, k1) computed elsewhere (by every worker for its
+    rows, say); without it the search runs here, with `backend` and `device` as in knn().
 
     Rows are sorted by column only where scipy keeps them so; call sort_indices() if needed.
     """
@@ -158,7 +167,12 @@ def jaccard_distance(
     length = min(k1, n)  # lists of step 1 for R(i, k1): k1 points, itself included
     half = min(int(np.around(k1 / 2)) + 1, length)  # and for R(c, h): h + 1 points
     # Searching past k1 costs little and spares most dot products of steps 2-3.
-    sims, rank = neighbours if neighbours is not None else knn_for_jaccard(x, k1, use_gpu=use_gpu)
+    if neighbours is None:
+        neighbours = knn_for_jaccard(x, k1, backend=backend, device=device)
+    sims, rank = neighbours
+    if rank.shape != (n, jaccard_k(n, k1)) or sims.shape != rank.shape:
+        raise ValueError(f"neighbours must be N x {jaccard_k(n, k1)} (knn_for_jaccard of these features), "
+                         f"got {rank.shape} and {sims.shape}")
     v = _encode(x, sims, rank, _expand(_reciprocal(rank, length), _reciprocal(rank, half)))
     qe = min(k2, length)
     if qe > 1:

@@ -1,14 +1,15 @@
 """Pseudo-labels for one epoch: per-modality Jaccard + DBSCAN, then (stage 2) cross-modality association.
 
 Pure functions over feature arrays; the distributed clustering service gathers the features,
-calls `make_pseudo_labels` once and sends the result to every worker.
+splits the k-NN search over every worker (distributed/knn.py), calls `make_pseudo_labels` once
+with the neighbours and sends the result to every worker.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,9 +17,9 @@ import numpy as np
 from dmdl_dist.clustering.association import associate_hungarian, associate_nearest
 from dmdl_dist.clustering.dbscan import dbscan_labels
 from dmdl_dist.clustering.jaccard import jaccard_distance, knn_for_jaccard
+from dmdl_dist.clustering.knn import Neighbours
 
 VISIBLE, INFRARED = 0, 1
-Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (features, k) -> (sims, idx), itself first
 
 
 @dataclass
@@ -55,17 +56,22 @@ class PseudoLabels:
 
 def cluster_features(
     features: np.ndarray, *, k1: int, k2: int, eps: float, min_samples: int, timings: dict[str, float], tag: str,
-    search: Search | None = None,
+    knn_backend: str = "auto", device: str | None = None, neighbours: Neighbours | None = None,
 ) -> np.ndarray:
-    """Jaccard distance + DBSCAN labels of one modality's features; `search` replaces the local k-NN."""
+    """Jaccard distance + DBSCAN labels of one modality's features.
+
+    neighbours: knn_for_jaccard(features, k1) found elsewhere (the sharded k-NN service, which
+    times it itself); None searches here with knn_backend on device.
+    """
     t0 = time.perf_counter()
     x = np.ascontiguousarray(features, dtype=np.float32)
-    neighbours = search(x, min(x.shape[0], 2 * k1 + 1)) if search is not None else knn_for_jaccard(x, k1)
+    if neighbours is None:
+        neighbours = knn_for_jaccard(x, k1, backend=knn_backend, device=device)
+        timings[f"knn_{tag}"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     dist = jaccard_distance(x, k1=k1, k2=k2, neighbours=neighbours)
     t2 = time.perf_counter()
     labels = dbscan_labels(dist, eps=eps, min_samples=min_samples)
-    timings[f"knn_{tag}"] = t1 - t0
     timings[f"jaccard_{tag}"] = t2 - t1
     timings[f"dbscan_{tag}"] = time.perf_counter() - t2
     return labels
@@ -121,6 +127,12 @@ def shared_space(labels: list[np.ndarray], counts: list[int], features: list[np.
     return shared, num_shared, "cluster"
 
 
+def modality_k1(stage: int, epoch_in_stage: int, k1: int, k1_source: int) -> list[int]:
+    """k1 per modality: k1 in stage 1; in stage 2 the anchor's k1 and the source's k1_source."""
+    anchor = anchor_of(epoch_in_stage) if stage == 2 else None
+    return [k1 if stage == 1 or m == anchor else k1_source for m in (VISIBLE, INFRARED)]
+
+
 def anchor_of(epoch_in_stage: int) -> int:
     """Stage 2's anchor modality: infrared on even stage-2 epochs (visible maps onto it), visible on odd."""
     return INFRARED if epoch_in_stage % 2 == 0 else VISIBLE
@@ -138,20 +150,26 @@ def make_pseudo_labels(
     min_samples: int,
     association: str = "nearest",
     sample_matching: str = "never",
-    search: Search | None = None,
+    knn_backend: str = "auto",
+    device: str | None = None,
+    neighbours: Sequence[Neighbours | None] | None = None,
 ) -> PseudoLabels:
     """Clusters each modality; in stage 2 also maps both modalities into the anchor's shared label space.
 
     Stage 2 alternates with the stage-2 epoch: even epochs infrared is the anchor (clustered with k1,
     visible with k1_source) and visible clusters map onto it; odd epochs the reverse. With
     sample_matching="regdb", stage-2 epochs with epoch mod 5 >= 2 match images instead of clusters.
+    neighbours: per modality, knn_for_jaccard(features[m], k1 of m) found elsewhere (the sharded
+    k-NN service); None searches here (knn_backend on device, as in clustering.knn.knn).
     """
     timings: dict[str, float] = {}
     anchor = anchor_of(epoch_in_stage) if stage == 2 else None
-    k1s = [k1 if stage == 1 or m == anchor else k1_source for m in (VISIBLE, INFRARED)]
+    k1s = modality_k1(stage, epoch_in_stage, k1, k1_source)
+    found = [None, None] if neighbours is None else list(neighbours)
     labels = [
-        cluster_features(f, k1=k, k2=k2, eps=eps, min_samples=min_samples, timings=timings, tag=tag, search=search)
-        for f, k, tag in zip(features, k1s, ("visible", "infrared"), strict=True)
+        cluster_features(f, k1=k, k2=k2, eps=eps, min_samples=min_samples, timings=timings, tag=tag,
+                         knn_backend=knn_backend, device=device, neighbours=nb)
+        for f, k, tag, nb in zip(features, k1s, ("visible", "infrared"), found, strict=True)
     ]
     counts = [int(lab.max()) + 1 if lab.size else 0 for lab in labels]
     result = PseudoLabels(labels=labels, num_clusters=counts, anchor=anchor, k1=k1s, timings=timings)

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dmdl_dist.clustering.pseudo_labels import PseudoLabels, make_pseudo_labels, true_identity_labels
+from dmdl_dist.clustering.knn import faiss_available, gpu_available
+from dmdl_dist.clustering.pseudo_labels import PseudoLabels, make_pseudo_labels, modality_k1, true_identity_labels
 from dmdl_dist.clustering.refine import label_confidence
 from dmdl_dist.config import Config
 from dmdl_dist.distributed import comm
+from dmdl_dist.distributed.knn import sharded_knn_for_jaccard
 from dmdl_dist.engine.extract import extract_features
 from dmdl_dist.engine.schedule import milestone
 from dmdl_dist.engine.step import Memories
@@ -33,6 +35,15 @@ class Refresh:
     memories: Memories
     timings: dict[str, float]
     degenerate: list[str] = field(default_factory=list)  # what is wrong with this epoch's clustering, if anything
+
+
+def knn_backend(choice: str, device: torch.device) -> str:
+    """cluster.knn_backend=auto: faiss where installed, but torch on a GPU worker whose faiss has no GPU."""
+    if choice != "auto":
+        return choice
+    if not faiss_available():
+        return "torch"
+    return "torch" if device.type == "cuda" and not gpu_available() else "faiss"
 
 
 def degenerate_clustering(labels: list[np.ndarray]) -> list[str]:
@@ -113,12 +124,8 @@ def refresh(
     epoch_in_stage: int,
     device: torch.device,
     progress: bool = True,
-    search=None,
 ) -> Refresh:
-    """Everything a training epoch needs, computed from the current model.
-
-    `search` replaces the local k-NN of the clustering (the distributed k-NN service).
-    """
+    """Everything a training epoch needs, computed from the current model."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     comm.broadcast_buffers(getattr(model, "module", model))  # every rank extracts with rank 0's BN statistics
@@ -131,9 +138,20 @@ def refresh(
             desc=f"extract {name}" if progress else None,
         ))
     t1 = time.perf_counter()
-    feats = [comm.all_gather_cat(torch.from_numpy(f).to(device)).cpu().numpy() for f in local]
+    feats_t = [comm.all_gather_cat(torch.from_numpy(f).to(device)) for f in local]  # N_m x D on the device
+    feats = [f.cpu().numpy() for f in feats_t]
     timings["extract"], timings["gather"] = t1 - t0, time.perf_counter() - t1
-    # The clustering service: one rank clusters the gathered features, every rank gets the labels.
+    # The clustering service: every rank searches the k-NN of its slice of rows, rank 0 clusters with the
+    # gathered lists, every rank gets the labels.
+    neighbours = None
+    if not cfg.train.supervised:
+        k1s = modality_k1(stage, epoch_in_stage, cfg.cluster.k1, cfg.cluster.k1_source)
+        backend = knn_backend(cfg.cluster.knn_backend, device)
+        neighbours = []
+        for f, k1, name in zip(feats_t, k1s, MODALITY_NAMES, strict=True):
+            found, knn_timings = sharded_knn_for_jaccard(f, k1, backend=backend, tag=name)
+            neighbours.append(found)
+            timings.update(knn_timings)
     labels = None
     if comm.is_main():
         if cfg.train.supervised:
@@ -143,11 +161,11 @@ def refresh(
                 feats, stage=stage, epoch_in_stage=epoch_in_stage, k1=cfg.cluster.k1,
                 k1_source=cfg.cluster.k1_source, k2=cfg.cluster.k2, eps=cfg.cluster.eps,
                 min_samples=cfg.cluster.min_samples, association=cfg.cluster.association,
-                sample_matching=cfg.cluster.sample_matching, search=search,
+                sample_matching=cfg.cluster.sample_matching, neighbours=neighbours,
             )
     t2 = time.perf_counter()
     labels = comm.broadcast_object(labels)
-    timings.update(labels.timings)
+    timings.update({k: v for k, v in labels.timings.items() if k not in timings})
     timings["broadcast"] = time.perf_counter() - t2
 
     t0 = time.perf_counter()

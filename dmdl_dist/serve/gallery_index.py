@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmdl_dist.clustering.knn import _faiss
+from dmdl_dist.clustering.knn import faiss_module
 from dmdl_dist.engine.atomic import atomic_path
 from dmdl_dist.errors import DmdlError, MissingPathError
 
@@ -83,7 +83,7 @@ def cache_files(gallery: str | Path, checkpoint_key: str, gallery_key: str) -> t
 
 def build_index(features: np.ndarray):
     """An exact inner-product index over features: N x D float32 with unit rows."""
-    faiss = _faiss()
+    faiss = faiss_module()
     x = np.ascontiguousarray(features, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"features must be N x D, got shape {x.shape}")
@@ -101,7 +101,7 @@ def load_cached(
         return None
     try:
         meta = json.loads(meta_file.read_text())
-        index = _faiss().read_index(str(index_file))
+        index = faiss_module().read_index(str(index_file))
     except (OSError, ValueError, RuntimeError):  # a damaged entry is rebuilt, not fatal
         return None
     fits = (meta.get("checkpoint") == checkpoint_key and meta.get("gallery") == gallery_key
@@ -113,7 +113,7 @@ def save_cached(gallery: str | Path, checkpoint_key: str, gallery_key: str, entr
     """Writes the entry and removes this checkpoint's entries for earlier states of the gallery."""
     index_file, meta_file = cache_files(gallery, checkpoint_key, gallery_key)
     with atomic_path(index_file) as tmp:
-        _faiss().write_index(entry.index, str(tmp))
+        faiss_module().write_index(entry.index, str(tmp))
     meta = {"checkpoint": checkpoint_key, "gallery": gallery_key, "paths": entry.paths}
     with atomic_path(meta_file) as tmp:
         tmp.write_text(json.dumps(meta))
