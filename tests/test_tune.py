@@ -284,7 +284,7 @@ def test_a_given_stage1_must_be_this_configs_finished_stage1(tmp_path):
         checkpoint_of(tmp_path / "nowhere")
 
 
-def test_optuna_is_an_optional_extra_checked_before_launch(monkeypatch, tmp_path):
+def test_optuna_is_an_optional_extra_checked_before_launch(monkeypatch, tmp_path, capsys):
     space = load_space(ROOT / "tune" / "cai.yaml")
     check_search("random", space)
     real = importlib.util.find_spec
@@ -292,10 +292,15 @@ def test_optuna_is_an_optional_extra_checked_before_launch(monkeypatch, tmp_path
     with pytest.raises(OptunaMissingError, match=r"pip install 'dmdl-dist\[optuna\]'") as err:
         check_search("optuna", space)
     assert isinstance(err.value, DmdlError)
-    with pytest.raises(OptunaMissingError):  # the CLI refuses before it starts Ray or trains a stage 1
-        COMMANDS["tune"](_tune_args(["--space", str(ROOT / "tune" / "cai.yaml"), "--preset", "tiny", "--search",
-                                     "optuna", "--out", str(tmp_path)]))
-    assert not list(tmp_path.iterdir())
+    import ray
+
+    from dmdl_dist.cli import main
+
+    # The CLI refuses in one line, before it starts Ray or trains a stage 1.
+    assert main(["tune", "--space", str(ROOT / "tune" / "cai.yaml"), "--preset", "tiny", "--search", "optuna",
+                 "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("dmdl tune: error: --search optuna needs the optuna package")
+    assert not list(tmp_path.iterdir()) and not ray.is_initialized()
     monkeypatch.undo()
     if importlib.util.find_spec("optuna") is not None:
         grid = parse_space({"space": {"cai.weight": {"grid": [0.2, 0.8]}}}, "g.yaml")

@@ -41,7 +41,8 @@ def add_parsers(sub) -> None:
 def cmd_tune(args: argparse.Namespace) -> int:
     from dmdl_dist.config import ConfigError, to_dict
     from dmdl_dist.distributed.launcher import connect
-    from dmdl_dist.tuning.results import SweepError, records_from_grid, write_results
+    from dmdl_dist.tuning.results import SweepError, records_from_grid, stage1_savings, write_results
+    from dmdl_dist.tuning.search import check_search
     from dmdl_dist.tuning.space import load_space
     from dmdl_dist.tuning.sweep import Sweep, check_sweep, prepare_base, run_sweep, unfinished_trials
 
@@ -58,8 +59,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     sweep = Sweep(name=name, out=args.out or Path(base.run.out_dir) / "tune", base=base, space=space,
                   samples=args.samples, max_concurrent=args.max_concurrent, search=args.search,
                   stage1_given=args.stage1)
-    if not args.resume:
-        check_sweep(sweep)  # a missing optional extra or a bad --stage1 fails before Ray starts
+    # A missing optional extra or a bad --stage1 fails before Ray starts (a resumed sweep keeps its stage 1).
+    if args.resume:
+        check_search(sweep.search, space)
+    else:
+        check_sweep(sweep)
     connect()
     grid = run_sweep(sweep, resume=args.resume)
     left = unfinished_trials(sweep, grid)
@@ -76,6 +80,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"dmdl tune: error: {err}", file=sys.stderr)
         return 1
     print(f"\nbest trial {best['trial_id']}: {args.rank} {space.metric} {best['score']:.2f}")
+    if sweep.stage1 is not None:
+        trained, whole = stage1_savings(records, sweep.stage1)
+        print(f"shared stage 1 ({sweep.stage1.path}): {trained} epochs trained instead of {whole}")
     if args.confirm_seeds:
         confirmation = confirm(sweep, records, best, args)
         write_results(sweep.folder, records, to_dict(sweep.base), confirmation=confirmation.line(), **results)
@@ -103,5 +110,6 @@ COMMANDS = {"tune": cmd_tune}
 
 def user_errors() -> tuple[type[Exception], ...]:
     from dmdl_dist.tuning.results import SweepError
+    from dmdl_dist.tuning.search import OptunaMissingError
 
-    return (SweepError,)
+    return (SweepError, OptunaMissingError)

@@ -175,22 +175,25 @@ def _metric(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def epochs_line(rows: list[dict], stage1: SharedStage1) -> str:
-    """What the shared stage 1 saved, in epochs: those trained against those whole trials would have trained."""
-    started = [r for r in rows if r["first_epoch"] is not None or r["error"]]
-    own = sum(r["epochs"] - r["first_epoch"] + 1 for r in rows if r["first_epoch"] is not None)
-    trained = own + (stage1.epochs if stage1.trained_here else 0)
-    saved = epochs_saved(stage1, len(started))
-    share = saved / max(trained + saved, 1)
+def stage1_savings(records: list[TrialRecord], stage1: SharedStage1) -> tuple[int, int]:
+    """(epochs the sweep trained, epochs whole trials would have trained): what the shared stage 1 saved."""
+    started = [r for r in records if r.history or r.error]
+    trained = sum(len(r.history) for r in records) + (stage1.epochs if stage1.trained_here else 0)
+    return trained, trained + epochs_saved(stage1, len(started))
+
+
+def epochs_line(records: list[TrialRecord], stage1: SharedStage1) -> str:
+    trained, whole = stage1_savings(records, stage1)
     origin = "trained once for this sweep" if stage1.trained_here else "given with --stage1"
     return (f"Shared stage 1: every searched key acts in stage 2, so the trials started their stage 2 from one "
             f"stage-1 run (`{stage1.path}`, {stage1.epochs} epoch(s), {origin}); the sweep trained {trained} epochs "
-            f"where whole trials would have trained {trained + saved}: {saved} epoch(s) saved ({share:.0%}). "
-            "Trials report, and ASHA and the ranking look at, their stage-2 epochs only.")
+            f"where whole trials would have trained {whole}: {whole - trained} epoch(s) saved "
+            f"({(whole - trained) / max(whole, 1):.0%}). Trials report, and ASHA and the ranking look at, their "
+            "stage-2 epochs only.")
 
 
 def summary_markdown(rows: list[dict], params: list[str], *, name: str, metric: str, mode: str, rank: str,
-                     space_file: str, best_config: Path, stage1: SharedStage1 | None = None,
+                     space_file: str, best_config: Path, shared: str | None = None, stage1_path: str | None = None,
                      confirmation: str | None = None) -> str:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "stopped early", "error", "not run")}
     best = rows[0]
@@ -203,11 +206,11 @@ def summary_markdown(rows: list[dict], params: list[str], *, name: str, metric: 
         f"each trial ranked by its {metric} at {how} ({mode}), measured on held-out training identities.",
         "",
     ]
-    if stage1 is not None:
-        lines += [epochs_line(rows, stage1), ""]
+    if shared:
+        lines += [shared, ""]
     at = best["epochs"] if rank == "final" else best["best_epoch"]
-    start = (f"; `--set train.init_from={stage1.path}` starts it from the shared stage 1 as the trial did"
-             if stage1 is not None else "")
+    start = (f"; `--set train.init_from={stage1_path}` starts it from the shared stage 1 as the trial did"
+             if stage1_path else "")
     lines += [
         f"Best: trial `{best['trial_id']}`, {rank} {metric} {best['score']:.2f} (epoch {at}); its full config is "
         f"`{best_config.name}` (`dmdl train --config {best_config}` trains it from scratch{start}).",
@@ -255,7 +258,8 @@ def write_results(folder: str | Path, records: list[TrialRecord], base: dict, *,
     save_config(trial_config(base, best_rec.params), folder / BEST_CONFIG)
     params = list(dict.fromkeys(k for rec in records for k in rec.params))
     text = summary_markdown(rows, params, name=name, metric=metric, mode=mode, rank=rank, space_file=space_file,
-                            best_config=folder / BEST_CONFIG, stage1=stage1, confirmation=confirmation)
+                            best_config=folder / BEST_CONFIG, shared=stage1 and epochs_line(records, stage1),
+                            stage1_path=stage1 and stage1.path, confirmation=confirmation)
     write_text(folder / SUMMARY, text)
     write_table_report(f"Sweep {name}", text.split("\n", 2)[2], folder)
     write_trial_tensorboard(folder, [r.trial_id for r in records])
