@@ -480,8 +480,10 @@ def _runs_that_trained_stage1(folder: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.dist
 def test_tiny_sweep_writes_results_and_resumes_only_the_unfinished_trial(tmp_path, tiny_root):
-    """Two 1-worker trials sharing one stage 1, one at a time; the first trial's worker is SIGKILLed in its
-    second stage-2 epoch (epoch 3), so the sweep ends with it errored; --resume refits only that trial.
+    """A stage-2 space: stage 1 is trained by one run, then two 1-worker trials (Optuna's TPE when optuna is
+    installed) start their stage 2 from it, one at a time. The first trial's worker is SIGKILLed in its second
+    stage-2 epoch (epoch 3), so the sweep ends with it errored; --resume refits only that trial, then trains the
+    winner with one other seed (--confirm-seeds 1).
 
     Nothing here depends on timing (issue 11 item 14): dist.max_failures=0 makes the kill an error (not a
     restart); the killed trial's epochs come from its metrics.jsonl, not from the Tune report a dead worker may
@@ -489,13 +491,14 @@ def test_tiny_sweep_writes_results_and_resumes_only_the_unfinished_trial(tmp_pat
     rung, whether or not it saw the killed trial's report, is a tie that stops nobody."""
     import ray
 
+    search = "optuna" if importlib.util.find_spec("optuna") else "random"
     space = _space_file(tmp_path, {"base": {"preset": "tiny", "set": {"train.stage2_epochs": 2}},
-                                   "space": {"cai.enabled": False, "cai.weight": {"grid": [0.2, 0.8]}}})
+                                   "space": {"cai.enabled": False, "cai.weight": {"choice": [0.2, 0.8]}}})
     marker = tmp_path / "killed"
     env = {"DMDL_CACHE": os.environ["DMDL_CACHE"], "DMDL_FAULT": f"epoch3:0:{marker}"}
-    argv = ["--space", str(space), "--samples", "1", "--workers-per-trial", "1", "--max-concurrent", "1",
-            "--set", "dist.cpus_per_worker=0.5", "--set", "dist.max_failures=0", "--out", str(tmp_path / "sweeps"),
-            "--name", "cai"]
+    argv = ["--space", str(space), "--samples", "2", "--workers-per-trial", "1", "--max-concurrent", "1",
+            "--search", search, "--set", "dist.cpus_per_worker=0.5", "--set", "dist.max_failures=0",
+            "--out", str(tmp_path / "sweeps"), "--name", "cai"]
     folder = tmp_path / "sweeps" / "cai"
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": env})
@@ -508,12 +511,12 @@ def test_tiny_sweep_writes_results_and_resumes_only_the_unfinished_trial(tmp_pat
         stage1_lines = (folder / "stage1" / "metrics.jsonl").read_text()
         with pytest.raises(ConfigError, match="already holds a sweep"):
             COMMANDS["tune"](_tune_args(argv))
-        assert COMMANDS["tune"](_tune_args([*argv, "--resume"])) == 0
+        assert COMMANDS["tune"](_tune_args([*argv, "--resume", "--confirm-seeds", "1"])) == 0
         t2 = time.perf_counter()
     finally:
         ray.shutdown()
-    print(f"sweep {t1 - t0:.1f}s, resume {t2 - t1:.1f}s")
-    assert marker.exists()
+    print(f"sweep {t1 - t0:.1f}s, resume and confirmation {t2 - t1:.1f}s")
+    assert marker.exists() and yaml.safe_load((folder / SWEEP_FILE).read_text())["search"] == search
     killed = [t for t, r in first.items() if r["status"] == "error"]
     finished = [t for t, r in first.items() if r["status"] != "error"]
     assert len(killed) == 1 and len(finished) == 1 and first[finished[0]]["final_val_mAP"] is not None
@@ -526,10 +529,20 @@ def test_tiny_sweep_writes_results_and_resumes_only_the_unfinished_trial(tmp_pat
     # The finished trial was not run again, nor was stage 1; the killed trial went on to its last epoch.
     assert (folder / "runs" / finished[0] / "metrics.jsonl").read_text() == lines[finished[0]]
     assert (folder / "stage1" / "metrics.jsonl").read_text() == stage1_lines
-    assert _runs_that_trained_stage1(folder) == ["stage1"]
+    assert _runs_that_trained_stage1(folder) == ["stage1"]  # once, not once per trial
     epochs = [r["epoch"] for r in _history(folder / "runs" / killed[0] / "metrics.jsonl")]
     assert epochs[-1] == 3 and set(epochs) == {2, 3}
     assert (folder / "runs" / killed[0] / "results.json").is_file()
+    stage1 = str(folder.resolve() / "stage1" / "last.pt")
+    starts = []
+    for trial in first:
+        run = folder / "runs" / trial
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["init_from"] == stage1
+        start = _history(run / "metrics.jsonl")[0]
+        assert start["epoch"] == 2 and start["stage"] == 2
+        # The first stage-2 refresh clusters the features of the weights the trial starts from.
+        starts.append((start["clusters"], start["outliers"], start["num_unified"]))
+    assert starts[0] == starts[1]
 
     best = rows[0]
     cfg = load_config(None, folder / BEST_CONFIG)
@@ -546,45 +559,9 @@ def test_tiny_sweep_writes_results_and_resumes_only_the_unfinished_trial(tmp_pat
     assert best["trial_id"] in (folder / "report.md").read_text()
     for trial in first:  # one TensorBoard run per trial, to compare them
         assert list((folder / "tb" / trial).glob("events.out.tfevents.*")), trial
-
-
-@pytest.mark.slow
-@pytest.mark.dist
-def test_tiny_cai_sweep_trains_stage1_once_and_confirms_the_winner_with_seeds(tmp_path, tiny_root):
-    """tune/cai.yaml, 2 trials (Optuna's TPE when optuna is installed), then --confirm-seeds 1: stage 1 is
-    trained by one run; every trial's first stage-2 epoch starts from the same weights."""
-    import ray
-
-    search = "optuna" if importlib.util.find_spec("optuna") else "random"
-    argv = ["--space", str(ROOT / "tune" / "cai.yaml"), "--samples", "2", "--workers-per-trial", "1",
-            "--max-concurrent", "2", "--preset", "tiny", "--set", "dist.cpus_per_worker=0.5", "--search", search,
-            "--confirm-seeds", "1", "--out", str(tmp_path / "sweeps"), "--name", "cai"]
-    folder = tmp_path / "sweeps" / "cai"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"DMDL_CACHE": os.environ["DMDL_CACHE"]}})
-    try:
-        assert COMMANDS["tune"](_tune_args(argv)) == 0
-    finally:
-        ray.shutdown()
-    rows = pq.read_table(folder / TABLE).to_pylist()
-    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows), rows
-    assert yaml.safe_load((folder / SWEEP_FILE).read_text())["search"] == search
-    assert _runs_that_trained_stage1(folder) == ["stage1"]  # once, not once per trial
-    stage1 = str(folder.resolve() / "stage1" / "last.pt")
-    firsts = []
-    for r in rows:
-        run = folder / "runs" / r["trial_id"]
-        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["init_from"] == stage1
-        first = _history(run / "metrics.jsonl")[0]
-        assert first["epoch"] == 2 and first["stage"] == 2
-        # The first stage-2 refresh clusters the features of the weights the trial starts from.
-        firsts.append((first["clusters"], first["outliers"], first["num_unified"]))
-    assert firsts[0] == firsts[1]
-    assert rows[0]["cai.weight"] != rows[1]["cai.weight"]
-    summary = (folder / SUMMARY).read_text()
-    assert "the sweep trained 3 epochs where whole trials would have trained 4: 1 epoch(s) saved (25%)" in summary
+    # --confirm-seeds 1: a whole run (the seed acts in stage 1 too) of the winner with seed 1, beside the sweep's.
     seeds = next(line for line in summary.splitlines() if line.startswith("Seeds:"))
-    assert f"final val_mAP {rows[0]['final_val_mAP']:.2f} in the sweep (seed 0)" in seeds
+    assert f"final val_mAP {best['final_val_mAP']:.2f} in the sweep (seed 0)" in seeds
     assert "trained again with seeds 1: " in seeds and " +- 0.00 (mean +- std of 1 run(s)" in seeds
     confirm = [_history(m) for m in (folder / "confirm" / "runs").glob("*/metrics.jsonl")]
-    assert len(confirm) == 1 and [r["stage"] for r in confirm[0]] == [1, 2]  # a whole run: the seed acts in stage 1
+    assert len(confirm) == 1 and [r["stage"] for r in confirm[0]] == [1, 2, 2]

@@ -197,13 +197,13 @@ def summary_markdown(rows: list[dict], params: list[str], *, name: str, metric: 
                      confirmation: str | None = None) -> str:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "stopped early", "error", "not run")}
     best = rows[0]
-    how = ("its final epoch (trials stopped early rank after those that finished)" if rank == "final"
+    how = ("its final epoch, trials stopped early after those that finished" if rank == "final"
            else "its best epoch")
     lines = [
         f"# Sweep {name}",
         "",
         f"Space `{space_file}`, {len(rows)} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)}); "
-        f"each trial ranked by its {metric} at {how} ({mode}), measured on held-out training identities.",
+        f"each trial ranked by its {metric} ({mode}) at {how}, measured on held-out training identities.",
         "",
     ]
     if shared:
