@@ -27,6 +27,7 @@ from dmdl_dist.tuning.results import (
     records_from_grid,
     write_results,
 )
+from dmdl_dist.tuning.schedule import make_scheduler, max_epochs
 from dmdl_dist.tuning.search import OptunaMissingError, check_search
 from dmdl_dist.tuning.space import check_space, load_space, param_space, parse_space
 from dmdl_dist.tuning.stage1 import (
@@ -42,8 +43,6 @@ from dmdl_dist.tuning.sweep import (
     Sweep,
     _write_record,
     concurrency,
-    make_scheduler,
-    max_epochs,
     prepare_base,
     run_sweep,
     trial_config,

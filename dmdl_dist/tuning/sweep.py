@@ -38,8 +38,9 @@ from dmdl_dist.config import (
     validate,
 )
 from dmdl_dist.engine.atomic import write_text
+from dmdl_dist.tuning.schedule import make_scheduler
 from dmdl_dist.tuning.search import check_search, make_search
-from dmdl_dist.tuning.space import Dist, SearchSpace, check_space, grid_size, param_space
+from dmdl_dist.tuning.space import SearchSpace, check_space, grid_size, param_space
 from dmdl_dist.tuning.stage1 import SharedStage1, check_shared_space, prepare_stage1, shares_stage1
 
 log = logging.getLogger("dmdl_dist")
@@ -167,35 +168,6 @@ def concurrency(need: dict[str, float], available: dict[str, float], trials: int
 
 def total_trials(space: SearchSpace, samples: int) -> int:
     return samples * grid_size(space)
-
-
-def max_epochs(space: SearchSpace, cfg: Config, *, shared: bool = False) -> int:
-    """The longest schedule any trial trains itself (the space may search the stage lengths); with a shared
-    stage 1, its stage 2 only."""
-
-    def most(key: str, default: int) -> int:
-        d = space.params.get(key, default)
-        return max(d.candidates()) if isinstance(d, Dist) else int(d)
-
-    stage2 = most("train.stage2_epochs", cfg.train.stage2_epochs)
-    return stage2 if shared else most("train.stage1_epochs", cfg.train.stage1_epochs) + stage2
-
-
-def make_scheduler(space: SearchSpace, cfg: Config, *, shared: bool = False):
-    """ASHA on the epochs a trial trains itself (tuning/trial.py TIME_ATTR), its rungs strictly before the last.
-
-    With a shared stage 1 the count starts at stage 2, so the grace period and every rung fall on
-    stage-2 epochs: a rung on a stage-1 epoch would compare trials that are still the same run.
-    A decision at the last epoch saves nothing, and stopping a trial then (what ASHA does at
-    max_t by default) kills its driver while the run still finishes (seen here: report.md lost); so
-    max_t is the second-to-last epoch and trials past it are never stopped.
-    """
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    epochs = max_epochs(space, cfg, shared=shared)
-    if epochs < 2:
-        return FIFOScheduler()
-    return ASHAScheduler(time_attr="trial_epoch", max_t=epochs - 1, grace_period=1, stop_last_trials=False)
 
 
 def trainable(base: Config, folder: Path, experiment: str, stage1: SharedStage1 | None = None):

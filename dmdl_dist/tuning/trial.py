@@ -10,7 +10,7 @@ from pathlib import Path
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-TIME_ATTR = "trial_epoch"  # what ASHA counts: the epochs this trial trained itself
+from dmdl_dist.tuning.schedule import TIME_ATTR
 
 
 class TrialEpochReport(TuneReportCallback):
