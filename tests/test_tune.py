@@ -35,6 +35,7 @@ from dmdl_dist.tuning.stage1 import (
     check_shared_space,
     check_stage1,
     checkpoint_of,
+    prepare_stage1,
     shares_stage1,
     stage1_config,
 )
@@ -281,6 +282,9 @@ def test_a_given_stage1_must_be_this_configs_finished_stage1(tmp_path):
         check_stage1(_stage1_checkpoint(tmp_path / "full.pt", base, epochs=2), base)
     with pytest.raises(ConfigError, match="does not exist"):
         checkpoint_of(tmp_path / "nowhere")
+    given = prepare_stage1(base, tmp_path / "sweep", storage_path=str(tmp_path), given=run)  # trains nothing
+    assert given == SharedStage1(str(good.resolve()), epochs=1, trained_here=False)
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_optuna_is_an_optional_extra_checked_before_launch(monkeypatch, tmp_path, capsys):
