@@ -30,6 +30,15 @@ def add_parsers(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --out/--name")
     p.add_argument("--address", default=None, metavar="auto|HOST:PORT",
                    help="join this Ray cluster (default: dist.address, else RAY_ADDRESS, else start a private one)")
+    p.add_argument("--search", choices=("random", "optuna"), default="random",
+                   help="random draws (and grids), or Optuna's TPE (needs the optuna extra; no grids)")
+    p.add_argument("--rank", choices=("final", "best"), default="final",
+                   help="rank trials on the metric at their final epoch (default) or their best epoch")
+    p.add_argument("--stage1", default=None, metavar="RUN_DIR|CKPT",
+                   help="for a space of stage-2 keys: start every trial's stage 2 from this finished stage 1 "
+                        "(a run trained with train.stage2_epochs=0) instead of training one")
+    p.add_argument("--confirm-seeds", type=int, default=0, metavar="N",
+                   help="after the sweep, train the best config with N other seeds and report mean +- std")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -37,12 +46,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from dmdl_dist.distributed.launcher import connect
     from dmdl_dist.distributed.progress import trial_printer
     from dmdl_dist.logs import FOLDER, log_file
-    from dmdl_dist.tuning.results import SweepError, records_from_grid, write_results
+    from dmdl_dist.tuning.results import SweepError, records_from_grid, stage1_savings, write_results
+    from dmdl_dist.tuning.schedule import max_epochs
+    from dmdl_dist.tuning.search import check_search
     from dmdl_dist.tuning.space import load_space
-    from dmdl_dist.tuning.sweep import Sweep, max_epochs, prepare_base, run_sweep, unfinished_trials
+    from dmdl_dist.tuning.sweep import Sweep, check_sweep, prepare_base, run_sweep, unfinished_trials
 
     if args.samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {args.samples}")
+    if args.confirm_seeds < 0:
+        raise ConfigError(f"--confirm-seeds must be 0 or more, got {args.confirm_seeds}")
     if args.resume and args.name is None:
         raise ConfigError("--resume needs the --name of the sweep to continue")
     space = load_space(args.space)
@@ -50,7 +63,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
                         workers=args.workers_per_trial)
     name = args.name or f"{args.space.stem}-{base.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep = Sweep(name=name, out=args.out or Path(base.run.out_dir) / "tune", base=base, space=space,
-                  samples=args.samples, max_concurrent=args.max_concurrent)
+                  samples=args.samples, max_concurrent=args.max_concurrent, search=args.search,
+                  stage1_given=args.stage1)
+    # A missing optional extra or a bad --stage1 fails before Ray starts (a resumed sweep keeps its stage 1).
+    if args.resume:
+        check_search(sweep.search, space)
+    else:
+        check_sweep(sweep)
     with log_file(sweep.folder / FOLDER, "driver") as log:
         where = connect(args.address or base.dist.address, bind=base.dist.bind)
         print(f"dmdl tune: {where} (log: {log.parent}/)", file=sys.stderr)
@@ -64,15 +83,38 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"dmdl tune: {left} trial(s) unfinished (interrupted); continue with the same arguments and "
               f"--name {name} --resume", file=sys.stderr)
         return 130
+    records = records_from_grid(grid, sweep.folder / "runs")
+    results = dict(metric=space.metric, mode=space.mode, name=name, space_file=str(args.space), rank=args.rank,
+                   stage1=sweep.stage1)
     try:
-        best = write_results(sweep.folder, records_from_grid(grid), to_dict(sweep.base),
-                             metric=space.metric, mode=space.mode, name=name, space_file=str(args.space))
+        best = write_results(sweep.folder, records, to_dict(sweep.base), **results)
     except SweepError as err:
         print(f"dmdl tune: error: {err}", file=sys.stderr)
         return 1
-    print(f"\nbest trial {best['trial_id']}: {space.metric} {best[f'best_{space.metric}']:.2f} "
-          f"(epoch {best['best_epoch']})\n{sweep.folder / 'summary.md'}\n{sweep.folder / 'best_config.yaml'}")
+    print(f"\nbest trial {best['trial_id']}: {args.rank} {space.metric} {best['score']:.2f}")
+    if sweep.stage1 is not None:
+        trained, whole = stage1_savings(records, sweep.stage1)
+        print(f"shared stage 1 ({sweep.stage1.path}): {trained} epochs trained instead of {whole}")
+    if args.confirm_seeds:
+        confirmation = confirm(sweep, records, best, args)
+        write_results(sweep.folder, records, to_dict(sweep.base), confirmation=confirmation.line(), **results)
+        print(confirmation.line())
+    print(f"{sweep.folder / 'summary.md'}\n{sweep.folder / 'best_config.yaml'}")
     return 0
+
+
+def confirm(sweep, records, best: dict, args: argparse.Namespace):
+    """--confirm-seeds: the best trial's config trained again, whole runs, with other seeds."""
+    from dmdl_dist.config import to_dict
+    from dmdl_dist.tuning.confirm import confirm_seeds
+    from dmdl_dist.tuning.sweep import sized
+
+    params = next(r.params for r in records if r.trial_id == best["trial_id"])
+    print(f"confirming trial {best['trial_id']} with {args.confirm_seeds} other seed(s)")
+    return confirm_seeds(to_dict(sweep.base), params, n=args.confirm_seeds, folder=sweep.folder,
+                         experiment=sweep.experiment, metric=sweep.space.metric, mode=sweep.space.mode,
+                         rank=args.rank, sweep_value=best["score"],
+                         max_concurrent=sized(sweep.base, args.confirm_seeds, args.max_concurrent))
 
 
 COMMANDS = {"tune": cmd_tune}

@@ -21,7 +21,7 @@ from dmdl_dist.config import BOTH, Config, ConfigError, from_dict, save_config, 
 from dmdl_dist.data.manifest import INFRARED, VISIBLE, columns
 from dmdl_dist.distributed import comm
 from dmdl_dist.distributed.backend import Engine, build_engine
-from dmdl_dist.distributed.session import LocalSession
+from dmdl_dist.distributed.session import LocalSession, rewrite_records
 from dmdl_dist.engine import checkpoint as ckpt
 from dmdl_dist.engine.atomic import write_text
 from dmdl_dist.engine.data import RunData, load_run_data
@@ -128,6 +128,7 @@ def train(
             echo(f"starting at epoch {state.epoch + 1} from {cfg.train.init_from}")
         if main:
             save_config(cfg, run_dir / "config.yaml")
+            rewrite_records(run_dir, state.history)  # a warm start's inherited epochs, marked as such
     engine = build_engine(model, device, cfg)
     if saved is not None:
         engine.load_optimizer(saved.get("optimizer"), saved_files)
@@ -215,6 +216,8 @@ def warm_start(model: torch.nn.Module, cfg: Config, device: torch.device) -> Tra
         raise ConfigError(f"train.init_from={cfg.train.init_from} has trained {state.epoch} epochs, more than this "
                           f"run's {total_epochs(cfg)}")
     model.load_state_dict(saved["model"])
+    for rec in state.history:  # the run's records begin with these epochs, which another run trained
+        rec.setdefault("inherited", str(cfg.train.init_from))
     return state
 
 

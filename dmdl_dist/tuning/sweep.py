@@ -1,12 +1,15 @@
 """A Ray Tune sweep of Ray Train runs (Train V2): one driver function per trial fits one TorchTrainer.
 
 Folder of a sweep `<out>/<name>/`:
-  sweep.yaml             the base config, the space and the sizes it was started with (resume checks them)
+  sweep.yaml             the base config, the space, the search and the sizes it was started with (resume
+                         checks them), and the shared stage 1 when there is one
+  stage1/                the shared stage-1 run of a space of stage-2 keys (tuning/stage1.py), when trained here
   runs/<trial id>/       each trial's run folder (config.yaml, metrics.jsonl, best.pt, results.json) and,
                          with local storage, its Ray Train checkpoints
   trial_<trial id>/      Tune's per-trial folder (reported results)
   tuner.pkl, experiment_state-*.json   Tune's state, what `Tuner.restore` reads
   trials.parquet, summary.md, best_config.yaml   written by `results.write_results` at the end
+  confirm/               with --confirm-seeds: the best config trained again with other seeds (tuning/confirm.py)
 With dist.storage_path set (shared storage, s3://, gs://), Tune's state and the trials' Ray Train
 checkpoints go to <storage_path>/<name> instead, and the rest stays in <out>/<name>.
 
@@ -35,7 +38,10 @@ from dmdl_dist.config import (
     validate,
 )
 from dmdl_dist.engine.atomic import write_text
-from dmdl_dist.tuning.space import Dist, SearchSpace, check_space, grid_size, param_space
+from dmdl_dist.tuning.schedule import make_scheduler
+from dmdl_dist.tuning.search import check_search, make_search
+from dmdl_dist.tuning.space import SearchSpace, check_space, grid_size, param_space
+from dmdl_dist.tuning.stage1 import SharedStage1, check_shared_space, prepare_stage1, shares_stage1
 
 log = logging.getLogger("dmdl_dist")
 
@@ -55,6 +61,14 @@ class Sweep:
     space: SearchSpace
     samples: int
     max_concurrent: int | None = None  # None: sized from the cluster's resources
+    search: str = "random"  # or "optuna" (tuning/search.py)
+    stage1_given: str | None = None  # --stage1 RUN_DIR|CKPT: the shared stage 1 to start from
+    stage1: SharedStage1 | None = None  # set by run_sweep when the space shares one stage 1
+
+    @property
+    def shared(self) -> bool:
+        """Every key of the space acts in stage 2: the trials start from one stage 1 (tuning/stage1.py)."""
+        return shares_stage1(self.space, self.base)
 
     @property
     def folder(self) -> Path:
@@ -65,8 +79,15 @@ class Sweep:
         """Tune's storage_path: dist.storage_path (shared storage, s3://, gs://) or the local out folder."""
         return self.base.dist.storage_path or str(Path(self.out).resolve())
 
+    @property
+    def experiment(self) -> str:
+        """Where Tune keeps this sweep's state (what `Tuner.restore` reads)."""
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
     def record(self) -> dict:
         return {"space": self.space.to_spec(), "space_file": self.space.source, "samples": self.samples,
+                "search": self.search, "stage1_given": self.stage1_given,
+                "stage1": self.stage1.record() if self.stage1 else None,
                 "base": to_dict(self.base)}
 
 
@@ -92,6 +113,9 @@ def prepare_base(
     if cfg.dist.workers < 1:
         # Train V2's local mode (num_workers=0) runs no Train callbacks: Tune would never see a metric.
         raise ConfigError(f"a sweep needs at least 1 Ray Train worker per trial, got {cfg.dist.workers}")
+    if cfg.train.init_from:
+        raise ConfigError(f"train.init_from={cfg.train.init_from}: a sweep sets each trial's start itself; give a "
+                          "shared stage 1 with --stage1 RUN_DIR|CKPT instead")
     if cfg.data.root is not None:
         cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
     if cfg.model.pretrained not in (None, "imagenet"):
@@ -126,20 +150,6 @@ def trial_config(base: dict, params: dict) -> Config:
     return cfg
 
 
-def run_trial(params: dict, *, base: dict, runs_local: str, runs_storage: str) -> None:
-    """Tune's trainable: fits one Ray Train run; TuneReportCallback forwards every epoch's report."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from dmdl_dist.distributed.launcher import make_trainer
-
-    cfg = trial_config(base, params)
-    trial_id = tune.get_context().get_trial_id()
-    trainer = make_trainer(cfg, Path(runs_local) / trial_id, name=trial_id, storage_path=runs_storage,
-                           callbacks=[TuneReportCallback()])
-    trainer.fit()  # raises when the run fails, which marks the trial as errored
-
-
 def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -160,52 +170,36 @@ def total_trials(space: SearchSpace, samples: int) -> int:
     return samples * grid_size(space)
 
 
-def max_epochs(space: SearchSpace, cfg: Config) -> int:
-    """The longest schedule any trial can have (the space may search the stage lengths)."""
+def trainable(base: Config, folder: Path, experiment: str, stage1: SharedStage1 | None = None):
+    """The trial driver with its fixed arguments, reserving only the driver's sliver of a CPU.
 
-    def most(key: str, default: int) -> int:
-        d = space.params.get(key, default)
-        return max(d.candidates()) if isinstance(d, Dist) else int(d)
-
-    return most("train.stage1_epochs", cfg.train.stage1_epochs) + most("train.stage2_epochs", cfg.train.stage2_epochs)
-
-
-def make_scheduler(space: SearchSpace, cfg: Config):
-    """ASHA on epochs, its rungs strictly before the last epoch.
-
-    A decision at the last epoch saves nothing, and stopping a trial then (what ASHA does at
-    max_t by default) kills its driver while the run still finishes (seen here: report.md lost); so
-    max_t is the second-to-last epoch and trials past it are never stopped.
+    Trials' run folders go to folder/runs, their Ray Train checkpoints to <experiment>/runs.
     """
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    epochs = max_epochs(space, cfg)
-    if epochs < 2:
-        return FIFOScheduler()
-    return ASHAScheduler(time_attr="epoch", max_t=epochs - 1, grace_period=1, stop_last_trials=False)
-
-
-def _trainable(sweep: Sweep, base: Config):
-    """The driver function with its fixed arguments, reserving only the driver's sliver of a CPU."""
     from ray import tune
 
-    runs_storage = f"{sweep.storage.rstrip('/')}/{sweep.name}/runs"
-    fn = tune.with_parameters(run_trial, base=to_dict(base), runs_local=str(sweep.folder / "runs"),
-                              runs_storage=runs_storage)
+    from dmdl_dist.tuning.trial import run_trial
+
+    fn = tune.with_parameters(run_trial, base=to_dict(base), runs_local=str(folder / "runs"),
+                              runs_storage=f"{experiment}/runs", init_from=stage1.path if stage1 else None,
+                              start_epoch=stage1.epochs if stage1 else 0)
     return tune.with_resources(fn, {"cpu": DRIVER_CPU})
 
 
-def _sized(sweep: Sweep) -> int:
+def _trainable(sweep: Sweep):
+    return trainable(sweep.base, sweep.folder, sweep.experiment, sweep.stage1)
+
+
+def sized(base: Config, trials: int, max_concurrent: int | None) -> int:
+    """Trials at a time: --max-concurrent, else as many as the cluster holds (an error when not even one)."""
     import ray
 
-    trials = total_trials(sweep.space, sweep.samples)
-    if sweep.max_concurrent is not None:
-        return max(1, min(sweep.max_concurrent, trials))
-    need = trial_need(sweep.base)
+    if max_concurrent is not None:
+        return max(1, min(max_concurrent, trials))
+    need = trial_need(base)
     n = concurrency(need, ray.cluster_resources(), trials)
     if n == 0:
         raise ConfigError(
-            f"one trial needs {need} (dist.workers={sweep.base.dist.workers} x cpus/gpus_per_worker) but the "
+            f"one trial needs {need} (dist.workers={base.dist.workers} x cpus/gpus_per_worker) but the "
             f"cluster has {ray.cluster_resources()}; lower the per-trial need, or give --max-concurrent when an "
             "autoscaler will add the nodes"
         )
@@ -223,6 +217,12 @@ def _check_resumable(sweep: Sweep) -> Config:
     if saved["space"] != sweep.space.to_spec():
         raise ConfigError(f"sweep {sweep.folder} was started with another search space ({saved['space_file']}); "
                           "a resumed sweep keeps its space: pick a new --name to search a different one")
+    if saved.get("search", "random") != sweep.search:
+        raise ConfigError(f"sweep {sweep.folder} was started with --search {saved.get('search', 'random')}; a resumed "
+                          "sweep keeps its search: give the same --search, or pick a new --name")
+    sweep.stage1_given = saved.get("stage1_given")
+    if saved.get("stage1"):
+        sweep.stage1 = SharedStage1(**saved["stage1"])  # trials restored from it must start where the others did
     ours = to_dict(sweep.base)
     changed = [f"{s}.{k}" for s, sec in saved["base"].items() if isinstance(sec, dict)
                for k, v in sec.items() if ours.get(s, {}).get(k) != v]
@@ -243,39 +243,61 @@ def _write_record(sweep: Sweep) -> None:
     write_text(sweep.folder / SWEEP_FILE, yaml.safe_dump(sweep.record(), sort_keys=False))
 
 
+def check_sweep(sweep: Sweep) -> None:
+    """What can be refused before Ray starts: the search (optuna installed?) and the shared stage 1's rules."""
+    check_search(sweep.search, sweep.space)
+    check_shared_space(sweep.space, sweep.base, given=sweep.stage1_given is not None)
+
+
 def run_sweep(sweep: Sweep, *, resume: bool = False, verbose: int = 1, callbacks=()):
     """Runs (or, with resume, continues) the sweep; returns Tune's ResultGrid.
 
     Ray must already be initialised (the CLI joins a cluster or starts a local one). On resume,
-    sweep.base and sweep.samples become those the sweep was started with (sweep.yaml).
+    sweep.base, sweep.samples and sweep.stage1 become those the sweep was started with (sweep.yaml).
+    A space of stage-2 keys first gets its shared stage 1 (trained once, or the --stage1 given).
     """
     from ray import tune
-    from ray.tune.search import BasicVariantGenerator
 
-    exp_path = f"{sweep.storage.rstrip('/')}/{sweep.name}"
-    exists = tune.Tuner.can_restore(exp_path)
+    exists = tune.Tuner.can_restore(sweep.experiment)
     if resume:
-        if not exists:
-            raise ConfigError(f"--resume: {exp_path} holds no sweep to resume")
+        if not exists and not (sweep.folder / SWEEP_FILE).is_file():
+            raise ConfigError(f"--resume: {sweep.experiment} holds no sweep to resume")
         sweep.base = _check_resumable(sweep)
-        log.info("resuming sweep %s", exp_path)
-        tuner = tune.Tuner.restore(exp_path, _trainable(sweep, sweep.base), resume_unfinished=True,
-                                   resume_errored=True)
-        return tuner.fit()
+        log.info("resuming sweep %s", sweep.experiment)
+        if exists:
+            tuner = tune.Tuner.restore(sweep.experiment, _trainable(sweep), resume_unfinished=True,
+                                       resume_errored=True)
+            return tuner.fit()
+        return _start(sweep, verbose, callbacks)  # interrupted before any trial started (in the shared stage 1)
     if exists or (sweep.folder / SWEEP_FILE).exists():
-        raise ConfigError(f"{exp_path} already holds a sweep; continue it with --resume or pick another --name")
-    n = _sized(sweep)
+        raise ConfigError(f"{sweep.experiment} already holds a sweep; continue it with --resume or pick another --name")
+    check_sweep(sweep)
     _write_record(sweep)
-    log.info("sweep %s: %d trials, %d at a time, %d worker(s) each -> %s", sweep.name,
-             total_trials(sweep.space, sweep.samples), n, sweep.base.dist.workers, exp_path)
+    return _start(sweep, verbose, callbacks)
+
+
+def _start(sweep: Sweep, verbose: int, callbacks=()):
+    """The shared stage 1 when the space has one, then a new Tuner over the space."""
+    from ray import tune
+
+    trials = total_trials(sweep.space, sweep.samples)
+    n = sized(sweep.base, trials, sweep.max_concurrent)
+    if sweep.shared:
+        log.info("sweep %s: every key of %s acts in stage 2; its trials share one stage 1", sweep.name,
+                 sweep.space.source)
+        sweep.stage1 = prepare_stage1(sweep.base, sweep.folder, storage_path=sweep.experiment,
+                                      given=sweep.stage1_given)
+        _write_record(sweep)
+    log.info("sweep %s: %d trials, %d at a time, %d worker(s) each, %s search -> %s", sweep.name, trials, n,
+             sweep.base.dist.workers, sweep.search, sweep.experiment)
     tuner = tune.Tuner(
-        _trainable(sweep, sweep.base),
+        _trainable(sweep),
         param_space=param_space(sweep.space),
         tune_config=tune.TuneConfig(
             metric=sweep.space.metric,
             mode=sweep.space.mode,
-            scheduler=make_scheduler(sweep.space, sweep.base),
-            search_alg=BasicVariantGenerator(max_concurrent=n, random_state=sweep.base.train.seed),
+            scheduler=make_scheduler(sweep.space, sweep.base, shared=sweep.stage1 is not None),
+            search_alg=make_search(sweep.search, max_concurrent=n, seed=sweep.base.train.seed),
             num_samples=sweep.samples,
             trial_dirname_creator=trial_dirname,
         ),
