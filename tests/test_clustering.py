@@ -9,7 +9,6 @@ from dmdl_dist.clustering import (
     associate_nearest,
     dbscan_labels,
     jaccard_distance,
-    unified_labels,
 )
 from dmdl_dist.clustering.pseudo_labels import make_pseudo_labels, shared_space, true_identity_labels
 
@@ -55,12 +54,6 @@ def test_nearest_association_directions():
     assert v2i.vis_to_ir.tolist() == [1, 0, 1] and v2i.ir_to_vis.tolist() == [-1, -1]
     i2v = associate_nearest(vis, ir, "i2v")
     assert i2v.ir_to_vis.tolist() == [1, 0] and i2v.vis_to_ir.tolist() == [-1, -1, -1]
-    # v2i: the label space is the infrared clusters; visible 0 and 2 join infrared 1, visible 1 joins 0.
-    vu, iu, n = unified_labels(np.array([0, 1, 2, -1]), np.array([1, 0, -1]), v2i)
-    assert n == 2 and iu.tolist() == [1, 0, -1] and vu.tolist() == [1, 0, 1, -1]
-    # i2v: the label space is the visible clusters; infrared clusters take their visible match's id.
-    vu, iu, n = unified_labels(np.array([0, 1, 2]), np.array([0, 1]), i2v)
-    assert n == 3 and vu.tolist() == [0, 1, 2] and iu.tolist() == [1, 0]
     with pytest.raises(ValueError, match="direction"):
         associate_nearest(vis, ir, "both")
 
@@ -82,15 +75,6 @@ def test_hungarian_is_one_to_one_and_optimal():
     cost = np.exp(-unit(vis) @ unit(ir).T)
     best = min(sum(cost[p[c], c] for c in range(3)) for p in itertools.permutations(range(4), 3))
     assert np.isclose(sum(cost[v, a.vis_to_ir[v]] for v in matched), best)
-    vu, iu, n = unified_labels(np.arange(4), np.arange(3), a)
-    assert n == 4  # three matched pairs and one visible cluster alone
-    assert sorted(set(vu.tolist())) == [0, 1, 2, 3] and all(iu[c] == vu[a.ir_to_vis[c]] for c in range(3))
-
-
-def test_unified_labels_rejects_unknown_clusters():
-    a = associate_nearest(np.eye(2), np.eye(2), "v2i")
-    with pytest.raises(ValueError, match="clusters"):
-        unified_labels(np.array([0, 2]), np.array([0, 1]), a)
 
 
 def _two_modalities(seed=2):

@@ -4,7 +4,6 @@ from dmdl_dist.clustering.association import (
     Association,
     associate_hungarian,
     associate_nearest,
-    unified_labels,
 )
 from dmdl_dist.clustering.dbscan import dbscan_labels
 from dmdl_dist.clustering.jaccard import jaccard_distance
@@ -17,5 +16,4 @@ __all__ = [
     "dbscan_labels",
     "jaccard_distance",
     "knn",
-    "unified_labels",
 ]

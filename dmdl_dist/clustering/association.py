@@ -41,8 +41,8 @@ def associate_nearest(vis_centroids: np.ndarray, ir_centroids: np.ndarray, direc
     """Each cluster of the source modality is tied to the nearest cluster of the other (DMDL).
 
     "v2i": every visible cluster v gets vis_to_ir[v] = argmin_c cost[v, c]; an infrared cluster
-    may receive several visible clusters or none; ir_to_vis is all -1. Through `unified_labels`
-    the shared label space is then the infrared clusters. "i2v": the mirror image (every infrared
+    may receive several visible clusters or none; ir_to_vis is all -1. The shared label space
+    is then the infrared clusters (pseudo_labels.shared_space). "i2v": the mirror image (every infrared
     cluster gets its nearest visible cluster; the label space is the visible clusters). DMDL's
     release runs "v2i" on even epochs of stage 2 and "i2v" on odd ones. Ties go to the lower id.
     """
@@ -69,31 +69,3 @@ def associate_hungarian(vis_centroids: np.ndarray, ir_centroids: np.ndarray) -> 
     vis_to_ir[rows] = cols
     ir_to_vis[cols] = rows
     return Association(vis_to_ir, ir_to_vis)
-
-
-def shared_ids(assoc: Association) -> tuple[np.ndarray, np.ndarray, int]:
-    """(shared id of each visible cluster, of each infrared cluster, number of shared ids).
-
-    Tied clusters share one id; clusters tied to nothing keep an id of their own. Ids are
-    0..U-1 with no gaps, numbered in the order of the target clusters: after "v2i" the shared id
-    of infrared cluster c is c itself, after "i2v" that of visible cluster v is v.
-    """
-    n_v, n_i = len(assoc.vis_to_ir), len(assoc.ir_to_vis)
-    ir_id = np.where(assoc.ir_to_vis >= 0, assoc.ir_to_vis, n_v + np.arange(n_i))
-    vis_id = np.where(assoc.vis_to_ir >= 0, ir_id[np.maximum(assoc.vis_to_ir, 0)], np.arange(n_v))
-    used, inverse = np.unique(np.concatenate([vis_id, ir_id]), return_inverse=True)
-    return inverse[:n_v].astype(np.int64), inverse[n_v:].astype(np.int64), len(used)
-
-
-def unified_labels(
-    vis_labels: np.ndarray, ir_labels: np.ndarray, assoc: Association
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-sample shared labels of both modalities (outliers, -1, stay -1) and their count."""
-    vis_labels = np.asarray(vis_labels)
-    ir_labels = np.asarray(ir_labels)
-    if vis_labels.max(initial=-1) >= len(assoc.vis_to_ir) or ir_labels.max(initial=-1) >= len(assoc.ir_to_vis):
-        raise ValueError("labels name clusters the association does not know: build both from the same clustering")
-    vis_id, ir_id, n = shared_ids(assoc)
-    vis_u = np.where(vis_labels >= 0, vis_id[np.maximum(vis_labels, 0)] if len(vis_id) else -1, -1)
-    ir_u = np.where(ir_labels >= 0, ir_id[np.maximum(ir_labels, 0)] if len(ir_id) else -1, -1)
-    return vis_u.astype(np.int64), ir_u.astype(np.int64), n
