@@ -42,17 +42,27 @@ def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+# A record logged with extra={DRIVER_SHOWS: True}: in a Ray worker it stays in the log file, because the
+# driver prints the same news from the epoch's metrics (a worker's console line reaches the driver prefixed).
+DRIVER_SHOWS = "dmdl_driver_shows"
+
+
 class ConsoleFilter(logging.Filter):
     """Passes records at or above their logger's console threshold, except a record logged about an exception
-    that `explained(exception)` says someone else explains in its own words (the record stays in the file)."""
+    that `explained(exception)` says someone else explains in its own words (the record stays in the file),
+    and, in a Ray worker (`worker`), a record the driver shows (DRIVER_SHOWS)."""
 
-    def __init__(self, verbose: bool = False, explained: Callable[[BaseException], bool] | None = None):
+    def __init__(self, verbose: bool = False, explained: Callable[[BaseException], bool] | None = None, *,
+                 worker: bool = False):
         super().__init__()
         self.verbose = verbose
         self.explained = explained
+        self.worker = worker
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < console_threshold(record.name, self.verbose):
+            return False
+        if self.worker and getattr(record, DRIVER_SHOWS, False):
             return False
         if self.explained is None or self.verbose:
             return True
@@ -143,7 +153,7 @@ def route_worker(folder: str | Path, rank: int, verbose: bool = False,
     for logger in (root, logging.getLogger("ray.train")):  # ray.train does not propagate (Ray Train's choice)
         for handler in logger.handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                handler.addFilter(ConsoleFilter(verbose, explained))
+                handler.addFilter(ConsoleFilter(verbose, explained, worker=True))
         if logger is not root:
             for handler in file_handlers:
                 logger.addHandler(handler)

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -227,6 +228,8 @@ def test_a_cluster_dmdl_starts_listens_on_loopback_only(tmp_path):
 
 
 EPOCH = re.compile(r"^epoch +(\d+)/2 \[stage [12]\] .* \| [0-9.]+ min$")
+WARNED = re.compile(r"^epoch [12]: degenerate clustering \(.+\); training on it learns little\. ")
+TINY_EPS = load_config("tiny").cluster.eps
 
 
 @pytest.mark.slow
@@ -245,6 +248,10 @@ def test_two_worker_run_console_is_start_line_epochs_table_and_report(tmp_path, 
     start, *rest = lines
     assert start.startswith("2 Ray workers (cpu, 0.5 CPU each), ddp, fp32, private Ray on 127.0.0.1 -> ")
     assert start.endswith(f"(log: {run / 'logs'}/)")
+    # tiny's first clustering is degenerate: the driver says so once, in local mode's words, before that epoch
+    warned = [line for line in rest if WARNED.match(line)]
+    assert all(f"lower cluster.eps (now {TINY_EPS})" in line for line in warned), warned
+    rest = [line for line in rest if not WARNED.match(line)]
     epochs = [int(m.group(1)) for m in map(EPOCH.match, rest) if m]
     assert epochs == [1, 2], out.stdout
     table = rest[len(epochs):]
@@ -253,6 +260,7 @@ def test_two_worker_run_console_is_start_line_epochs_table_and_report(tmp_path, 
     assert table[-1] == f"report: {run / 'report.md'}"
     worker_log = (run / "logs" / "worker-0.log").read_text()
     assert "faiss.loader" in worker_log and "Reporting training result" in worker_log
+    assert bool(warned) == ("degenerate clustering" in worker_log)  # rank 0's warning, shown by the driver
 
 
 @pytest.fixture(scope="module")
@@ -296,12 +304,19 @@ TINY = ["train", "--preset", "tiny", "--workers", "2", "--set", "dist.cpus_per_w
 
 @pytest.mark.slow
 @pytest.mark.dist
-def test_a_worker_that_raises_still_shows_its_traceback(ray_cluster, tiny_root, tmp_path, monkeypatch):
+def test_a_worker_that_raises_still_shows_its_traceback(ray_cluster, tiny_root, tmp_path, monkeypatch, capfd):
     _inject(monkeypatch, ZeroDivisionError("boom in a worker"))
     with pytest.raises(Exception) as bug:  # the interpreter prints it: the worker's frames and error included
         cli.main([*TINY, "--set", "dist.max_failures=0", "--out", str(tmp_path), "--name", "bug"])
     assert "Traceback (most recent call last)" in str(bug.value) and "ZeroDivisionError: boom in a worker" in str(
         bug.value)
+    # the worker's own console copy of the traceback reaches the driver later, through Ray's log forwarding:
+    # wait for it here, so that it shows up in this test's output and not in the next one's
+    seen, deadline = "", time.monotonic() + 30
+    while "boom in a worker" not in seen and time.monotonic() < deadline:
+        time.sleep(0.5)
+        seen += "".join(capfd.readouterr())
+    assert "ZeroDivisionError: boom in a worker" in seen
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ def _run(tmp_path, workers: int):
                                          "dist.precision=fp32", "run.report=false", "data.holdout_val=false",
                                          "train.iters_per_epoch=3", f"train.lr={LR}"])
     run = tmp_path / f"w{workers}"
-    result = make_trainer(cfg, run, progress=False).fit()
+    result = make_trainer(cfg, run).fit()
     assert result.error is None, repr(result.error)
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return history, ckpt.load(run / "last.pt")["model"]

@@ -33,13 +33,13 @@ def test_two_nodes_train_and_a_second_launch_resumes_from_storage(tmp_path, tiny
                  runtime_env={"env_vars": {"DMDL_CACHE": os.environ["DMDL_CACHE"]}})
         base = ["dist.workers=2", "dist.cpus_per_worker=1", f"dist.storage_path={tmp_path / 'storage'}"]
         run = tmp_path / "run"
-        first = make_trainer(load_config("tiny", overrides=base), run, name="two-nodes", progress=False).fit()
+        first = make_trainer(load_config("tiny", overrides=base), run, name="two-nodes").fit()
         assert first.error is None, repr(first.error)
         nodes = _worker_nodes()
         assert nodes == {cluster.head_node.node_id, second.node_id}
         # The same name and storage: Ray hands the latest checkpoint to the new workers.
         cfg = load_config("tiny", overrides=[*base, "train.stage2_epochs=2"])
-        more = make_trainer(cfg, run, name="two-nodes", progress=False).fit()
+        more = make_trainer(cfg, run, name="two-nodes").fit()
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -192,7 +192,10 @@ def launch(cfg: Config, run_dir: str | Path, *, progress: bool = True, verbose: 
         device = f"{d.gpus_per_worker:g} GPU" if d.gpus_per_worker > 0 else f"cpu, {d.cpus_per_worker:g} CPU"
         echo(f"{d.workers} Ray workers ({device} each), {d.backend}, {d.precision}, {where} -> {run_dir} "
              f"(log: {log_path.parent}/)")
-        console = RunConsole(total_epochs(cfg), d.max_failures, show_epochs=progress)
+        from dmdl_dist.engine.trainer import degenerate_warning
+
+        console = RunConsole(total_epochs(cfg), d.max_failures, show_epochs=progress,
+                             warning=lambda epoch, problems: degenerate_warning(epoch, problems, cfg))
         trainer = make_trainer(cfg, run_dir, callbacks=[console.callback()], verbose=verbose)
         logs.adopt_libraries()  # torch, imported by now, logs through its own stderr handler
         with console:

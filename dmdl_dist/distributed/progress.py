@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 POLL_S = 0.5  # how often the driver's printing thread looks for the end of the run
 
@@ -78,12 +79,14 @@ class RunConsole:
     Use as a context manager around `trainer.fit()`; `callback()` goes into the trainer's RunConfig.
     """
 
-    def __init__(self, total_epochs: int, max_failures: int, *, show_epochs: bool = True, out=None):
+    def __init__(self, total_epochs: int, max_failures: int, *, show_epochs: bool = True, out=None,
+                 warning: Callable[[int, str], str] | None = None):
         from ray.util.queue import Queue
 
         self.total_epochs = total_epochs
         self.max_failures = max_failures
         self.show_epochs = show_epochs
+        self.warning = warning  # (epoch, a degenerate clustering's problems) -> the line local mode prints
         self.out = out or sys.stderr
         self.last_epoch = 0  # the newest epoch whose checkpoint Ray registered
         self.failures = 0
@@ -129,6 +132,8 @@ class RunConsole:
             self.last_epoch = int(payload.get("epoch", self.last_epoch))
             if self.show_epochs:
                 elapsed = (time.time() - self._start) / 60
+                if self.warning is not None and payload.get("degenerate"):
+                    self._print(self.warning(self.last_epoch, payload["degenerate"]))
                 self._print(f"{progress_line(payload, self.total_epochs)} | {elapsed:.1f} min")
         elif kind == "failure":
             summaries, user_error = payload

@@ -164,4 +164,6 @@ def flat_metrics(record: dict) -> dict:
             out[key] = value
         elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
             out.update({f"{key}.{i}": v for i, v in enumerate(value)})
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            out[key] = "; ".join(value)  # words for the driver's console (a degenerate clustering's problems)
     return out

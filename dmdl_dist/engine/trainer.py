@@ -33,6 +33,7 @@ from dmdl_dist.engine.snapshot import gap_snapshot, save_snapshot
 from dmdl_dist.errors import DmdlError
 from dmdl_dist.eval.protocols import format_table
 from dmdl_dist.eval.run import evaluate_manifest
+from dmdl_dist.logs import DRIVER_SHOWS
 from dmdl_dist.memory.io import save_memory_shards
 from dmdl_dist.models.backbone import build_model
 
@@ -151,9 +152,8 @@ def train(
         state.degenerate_epochs = state.degenerate_epochs + 1 if ref.degenerate else 0
         if state.degenerate_epochs >= cfg.cluster.max_degenerate_epochs:
             raise DegenerateClusteringError(_degenerate_advice(cfg, ref, state.degenerate_epochs))
-        if ref.degenerate and main:
-            log.warning(f"epoch {epoch + 1}: degenerate clustering ({'; '.join(ref.degenerate)}); training on it "
-                        f"learns little. {_degenerate_fix(cfg)}")
+        if ref.degenerate and main:  # under Ray the driver prints it, from the epoch's metrics (progress.py)
+            log.warning(degenerate_warning(epoch + 1, "; ".join(ref.degenerate), cfg), extra={DRIVER_SHOWS: True})
         t1 = time.perf_counter()
         plan = EpochPlan(stage, epoch, step_settings(cfg, stage, in_stage), joint_sampling(cfg, stage, in_stage))
         if any(not (lab >= 0).any() for lab in (ref.labels.train_labels(m) for m in MODALITIES)):
@@ -234,6 +234,10 @@ def _snapshot(model, data: RunData, cfg: Config, device, run_dir: Path, name: st
 
 def silent(*_args, **_kwargs) -> None:
     """An echo that prints nothing (ranks other than 0, Ray workers)."""
+
+
+def degenerate_warning(epoch: int, problems: str, cfg: Config) -> str:
+    return f"epoch {epoch}: degenerate clustering ({problems}); training on it learns little. {_degenerate_fix(cfg)}"
 
 
 def _degenerate_fix(cfg: Config) -> str:
