@@ -93,3 +93,11 @@ def test_a_broken_config_fails_validation(no_network):
     raw["available_node_types"]["gpu_1x_a10g"]["resources"]["GPU"] = 0.5  # the schema wants integers
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(raw))
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_the_head_keeps_its_dashboard_on_loopback(name):
+    """The dashboard accepts jobs: it stays on the head's 127.0.0.1 (`ray dashboard` tunnels it over SSH)."""
+    raw = yaml.safe_load(CONFIGS[name].read_text())
+    starts = [c for c in raw["head_start_ray_commands"] if "ray start --head" in c]
+    assert starts and all("--dashboard-host=127.0.0.1" in c for c in starts)
