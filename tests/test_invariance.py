@@ -57,9 +57,14 @@ def test_one_and_two_workers_train_the_same_model(tmp_path, tiny_root):
         for name, values in a["step_losses"].items():
             np.testing.assert_allclose(b["step_losses"][name], values, rtol=1e-4, atol=1e-6, err_msg=name)
     assert "cai" in one[1]["step_losses"]
-    for key, value in weights_one.items():
-        if value.is_floating_point() and value.numel():
-            diff = weights_two[key] - value
-            assert diff.norm() <= 1e-4 * max(value.norm(), 1e-6), key  # each tensor within 1e-4 (relative L2)
-            # elementwise: a weight whose gradient is rounding noise may get Adam's opposite step, 2 x lr at most
-            assert diff.abs().max() <= 2 * LR, key
+    floats = [key for key, value in weights_one.items() if value.is_floating_point() and value.numel()]
+    diffs = {key: weights_two[key] - weights_one[key] for key in floats}
+    total = sum(weights_one[key].norm() ** 2 for key in floats) ** 0.5
+    assert sum(d.norm() ** 2 for d in diffs.values()) ** 0.5 <= 1e-4 * total  # the weights within 1e-4 (relative L2)
+    for key, diff in diffs.items():
+        # Each tensor within 1e-4, relative L2, absolute below norm 1: a zero-initialised BatchNorm bias has moved
+        # a few Adam steps of lr only, and Adam turns rounding noise in a near-zero gradient into a step of up to lr
+        # (relative 1.6e-3 seen, absolute 8e-6). Workers out of step (no sync BN) differ by 1e-3 there.
+        assert diff.norm() <= 1e-4 * max(weights_one[key].norm(), 1.0), key
+        # elementwise: a weight whose gradient is rounding noise may get Adam's opposite step, 2 x lr at most
+        assert diff.abs().max() <= 2 * LR, key

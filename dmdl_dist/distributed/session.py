@@ -8,6 +8,7 @@ record per epoch of that checkpoint's history and never a duplicate of an epoch 
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import shutil
@@ -81,7 +82,7 @@ class RaySession(LocalSession):
         checkpoint = ray.train.get_checkpoint()
         payload, files = None, None
         if checkpoint is not None:
-            folder = Path(checkpoint.to_directory())  # a local copy that outlives this call (DeepSpeed reads it later)
+            folder = _private_copy(checkpoint)
             payload, files = ckpt.load(folder / ckpt.LAST, map_location=map_location), folder / RANK_FILES
         own = self._own_copy() if comm.is_main() else None
         if comm.broadcast_object(own is not None and epoch_of(own) > epoch_of(payload)):
@@ -124,6 +125,18 @@ class RaySession(LocalSession):
         except ckpt.CheckpointError as err:  # written atomically, so only a foreign file gets here
             log.warning("ignoring %s: %s", last, err)
             return None
+
+
+def _private_copy(checkpoint) -> Path:
+    """This process's own local copy of a Ray checkpoint, removed when the process exits.
+
+    It outlives the call because DeepSpeed reads its ZeRO partitions later. Ray's default
+    `to_directory()` folder is shared by every process of a node and re-downloaded by whichever
+    takes its lock last, so a rank could read last.pt while another rank rewrote it.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=f"dmdl-resume-rank{comm.rank()}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(checkpoint.to_directory(str(folder)))
 
 
 def epoch_of(payload: dict | None) -> int:
