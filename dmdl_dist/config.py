@@ -49,8 +49,8 @@ class DataConfig:
                               stage=RUN)  # where the data lies, not what it is: a moved data set resumes
     synthvi_size: str = option("default", "which SynthVI is generated when root is null", choices=("default", "tiny"))
     synthvi_bias: float | None = option(
-        None, "SynthVI's modality bias (0: infrared heat follows visible colour, 1: independent); null: the "
-        "generator's default")
+        None, "SynthVI's modality bias: the share of infrared heat drawn apart from the visible colour (0: heat is "
+        "the colour's luminance, 1: independent); null: the generator's default, 0.8")
     trial: int = option(1, "RegDB split used for training (1..10)")
     holdout_val: bool = option(True, "keep exp/val_id.txt's ids out of training to select the model (SYSU-MM01, "
                                "SynthVI); false trains on train + val and keeps the last epoch")
@@ -453,6 +453,9 @@ def validate(cfg: Config) -> None:
         if len(starts) != len(weights) or starts != sorted(starts):
             raise ConfigError(f"train.triplet_from_{stage} ({starts}) must be ascending and as long as "
                               f"train.triplet_weights_{stage} ({weights})")
+    if cfg.data.synthvi_bias is not None and not 0 <= cfg.data.synthvi_bias <= 1:
+        raise ConfigError(f"config key 'data.synthvi_bias' must lie in [0, 1] (or be null for the generator's 0.8), "
+                          f"got {cfg.data.synthvi_bias}")
     if not 0 < cfg.cluster.eps < 1:
         raise ConfigError(f"cluster.eps must be in (0, 1) (Jaccard distances lie in [0, 1]), got {cfg.cluster.eps}")
     if cfg.dist.zero_stage not in (1, 2):

@@ -187,3 +187,50 @@ def test_config_is_validated():
         SynthVIConfig(images_per_cam=(3, 2))
     with pytest.raises(ValueError, match="no field"):
         SynthVIConfig.from_dict({"seed": 0, "colour": 1})
+
+
+def test_stats_measure_the_colour_shortcut_and_the_shared_shape(tiny):
+    from dmdl_dist.data.synthvi.stats import DIRECTIONS, format_stats, retrieval_stats
+
+    stats = retrieval_stats(tiny)
+    colour, shape = stats["colour"], stats["shape"]
+    assert set(colour) == set(shape) == {f"{q}->{g}" for q, g in DIRECTIONS}
+    # Colour retrieves within a modality far better than across: the shortcut DMDL removes.
+    assert colour["visible->visible"]["rank1"] > 2 * colour["visible->infrared"]["rank1"], colour
+    assert colour["infrared->infrared"]["rank1"] > 2 * colour["infrared->visible"]["rank1"], colour
+    # Shape (gradients of the grey image) carries across modalities better than colour does.
+    assert shape["infrared->visible"]["mAP"] > colour["infrared->visible"]["mAP"], (shape, colour)
+    table = format_stats(stats).splitlines()
+    assert [line.split()[0] for line in table] == ["descriptor", "colour", "shape"]
+    assert "V->I" in table[0] and f"{colour['visible->infrared']['rank1']:.1f}" in table[1]
+
+
+def test_the_bias_dial_reaches_the_generated_data(tmp_path, monkeypatch):
+    from dmdl_dist.config import ConfigError, load_config
+    from dmdl_dist.engine.data import dataset_root
+
+    monkeypatch.setenv("DMDL_CACHE", str(tmp_path))
+    root = dataset_root(load_config("tiny", overrides=["data.synthvi_bias=0"]))
+    assert root == tmp_path / "synthvi-tiny-bias0"
+    config = SynthVIConfig.from_dict(json.loads((root / "synthvi.json").read_text())["config"])
+    assert config == replace(TINY, ir_luminance_weight=1.0) and config.bias == 0
+    # At bias 0 infrared heat follows the visible colour's luminance exactly (within the garment's heat range).
+    people = [identity(config, pid) for pid in range(1, 101)]
+    luminance = [np.dot(PALETTE[p.top.colour], (0.299, 0.587, 0.114)) for p in people]
+    assert np.corrcoef(luminance, [p.top.heat for p in people])[0, 1] > 0.99
+    assert load_config("tiny").data.synthvi_bias is None and TINY.bias == pytest.approx(0.8)
+    with pytest.raises(ConfigError, match=r"synthvi_bias.*\[0, 1\]"):
+        load_config("tiny", overrides=["data.synthvi_bias=1.5"])
+
+
+def test_synth_command_writes_and_measures(tmp_path, capsys):
+    from dmdl_dist import cli
+
+    assert cli.main(["synth", "--out", str(tmp_path / "b"), "--size", "tiny", "--bias", "1.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dmdl synth: error: --bias 1.5 is outside [0, 1]") and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+    assert cli.main(["synth", "--out", str(tmp_path / "s"), "--size", "tiny", "--bias", "1", "--stats"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"SynthVI (tiny, seed 0, bias 1) at {tmp_path / 's'}"
+    assert out[1].startswith("descriptor") and out[2].startswith("colour") and out[3].startswith("shape")

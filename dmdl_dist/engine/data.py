@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DMDL_CACHE", Path.home() / ".cache" / "dmdl_dist"))
 
 
+def synthvi_folder(cfg: Config) -> str:
+    """The cache folder's name of the SynthVI a config asks for (size, and the bias when not the default)."""
+    bias = "" if cfg.data.synthvi_bias is None else f"-bias{cfg.data.synthvi_bias:g}"
+    return f"synthvi-{cfg.data.synthvi_size}{bias}"
+
+
 def dataset_root(cfg: Config) -> Path:
     """The configured root; for SynthVI without one, the generated copy (made on first use)."""
     if cfg.data.root is not None:
@@ -36,11 +42,13 @@ def dataset_root(cfg: Config) -> Path:
         raise ConfigError(f"data.dataset={cfg.data.dataset} needs data.root=/path/to/{cfg.data.dataset}")
     from dmdl_dist.data.synthvi import DEFAULT, TINY, generate
 
+    out = cache_dir() / synthvi_folder(cfg)
     size = {"default": DEFAULT, "tiny": TINY}[cfg.data.synthvi_size]
-    out = cache_dir() / f"synthvi-{cfg.data.synthvi_size}"
+    if cfg.data.synthvi_bias is not None:
+        size = replace(size, ir_luminance_weight=1 - cfg.data.synthvi_bias)
     if out.exists():
         return generate(out, size)
-    with tqdm(desc=f"generating SynthVI ({cfg.data.synthvi_size}) in {out}", unit="img", leave=False) as bar:
+    with tqdm(desc=f"generating SynthVI ({out.name}) in {out.parent}", unit="img", leave=False) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total

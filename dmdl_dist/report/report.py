@@ -166,10 +166,10 @@ def _ranked_picture(run_dir: Path, out_png: Path, model_inputs: tuple | None) ->
 
 def _dataset_on_disk(cfg) -> Path | None:
     """The run's data set root if it exists here; SynthVI is never generated just for a picture."""
-    from dmdl_dist.engine.data import cache_dir, dataset_root
+    from dmdl_dist.engine.data import cache_dir, dataset_root, synthvi_folder
 
     if cfg.data.root is None and cfg.data.dataset == "synthvi":
-        return dataset_root(cfg) if (cache_dir() / f"synthvi-{cfg.data.synthvi_size}").is_dir() else None
+        return dataset_root(cfg) if (cache_dir() / synthvi_folder(cfg)).is_dir() else None
     root = Path(cfg.data.root).expanduser() if cfg.data.root else None
     return root if root is not None and root.is_dir() else None
 

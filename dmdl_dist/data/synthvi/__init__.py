@@ -22,7 +22,8 @@ Cues of one modality only:
     skin tone and hair colour from small sets. Identities share colours, so colour is a strong but
     imperfect cue.
   * infrared heat, per garment and accessory: w * luminance(colour) + (1 - w) * u, u drawn on its
-    own (w = ir_luminance_weight, 0.2 by default). The infrared value cannot be read off the visible
+    own (w = ir_luminance_weight, 0.2 by default; the modality bias is 1 - w: `data.synthvi_bias`,
+    `dmdl synth --bias`). The infrared value cannot be read off the visible
     colour, so a colour-based feature does not transfer across modalities: colour is the modality
     shortcut. Skin is hottest, clothes cooler, accessories and shoes coolest.
 Camera (one stream per camera): background (vertical gradient, floor, wall panels, low-frequency

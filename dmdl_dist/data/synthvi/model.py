@@ -64,6 +64,12 @@ class SynthVIConfig:
             raise ValueError("SynthVIConfig: " + "; ".join(bad))
 
     @property
+    def bias(self) -> float:
+        """The modality bias (`data.synthvi_bias`, `dmdl synth --bias`): the share of infrared heat drawn apart
+        from the visible colour."""
+        return 1 - self.ir_luminance_weight
+
+    @property
     def n_ids(self) -> int:
         return self.n_train + self.n_val + self.n_test
 
