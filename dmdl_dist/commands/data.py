@@ -20,17 +20,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from dmdl_dist.config import ConfigError
-    from dmdl_dist.data.synthvi import DEFAULT, TINY, generate
+    from dmdl_dist.data.synthvi import generate, sized
 
-    base = replace({"default": DEFAULT, "tiny": TINY}[args.size], seed=args.seed)
-    if args.bias is not None:
-        if not 0 <= args.bias <= 1:
-            raise ConfigError(f"--bias {args.bias} is outside [0, 1]; 0: infrared heat follows visible colour, "
-                              "1: independent of it")
-        base = replace(base, ir_luminance_weight=1 - args.bias)
+    if args.bias is not None and not 0 <= args.bias <= 1:
+        raise ConfigError(f"--bias {args.bias} is outside [0, 1]; 0: infrared heat follows visible colour, "
+                          "1: independent of it")
+    base = sized(args.size, seed=args.seed, bias=args.bias)
     out = generate(args.out, base)
     print(f"SynthVI ({args.size}, seed {args.seed}, bias {base.bias:g}) at {out}")
     if args.stats:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +40,10 @@ def dataset_root(cfg: Config) -> Path:
         return Path(cfg.data.root).expanduser()
     if cfg.data.dataset != "synthvi":
         raise ConfigError(f"data.dataset={cfg.data.dataset} needs data.root=/path/to/{cfg.data.dataset}")
-    from dmdl_dist.data.synthvi import DEFAULT, TINY, generate
+    from dmdl_dist.data.synthvi import generate, sized
 
     out = cache_dir() / synthvi_folder(cfg)
-    size = {"default": DEFAULT, "tiny": TINY}[cfg.data.synthvi_size]
-    if cfg.data.synthvi_bias is not None:
-        size = replace(size, ir_luminance_weight=1 - cfg.data.synthvi_bias)
+    size = sized(cfg.data.synthvi_size, bias=cfg.data.synthvi_bias)
     if out.exists():
         return generate(out, size)
     with tqdm(desc=f"generating SynthVI ({out.name}) in {out.parent}", unit="img", leave=False) as bar:

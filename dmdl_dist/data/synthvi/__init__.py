@@ -59,6 +59,7 @@ from dmdl_dist.data.synthvi.model import (
     camera,
     camera_plan,
     identity,
+    sized,
     split_ids,
 )
 from dmdl_dist.data.synthvi.render import Rendering, render
@@ -67,5 +68,5 @@ from dmdl_dist.data.synthvi.writer import generate
 __all__ = [
     "BACKGROUND", "DEFAULT", "GENERATOR_VERSION", "INFRARED_CAMS", "PALETTE", "SKIN", "TINY", "TOP", "VISIBLE_CAMS",
     "Camera", "Identity", "Rendering", "SynthVIConfig", "camera", "camera_plan", "generate", "identity", "render",
-    "split_ids",
+    "sized", "split_ids",
 ]

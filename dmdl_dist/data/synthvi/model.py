@@ -6,7 +6,7 @@ package docstring (dmdl_dist/data/synthvi/__init__.py) states the whole model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -84,6 +84,15 @@ class SynthVIConfig:
 
 DEFAULT = SynthVIConfig()
 TINY = SynthVIConfig(n_train=24, n_val=8, n_test=16, height=64, width=32, images_per_cam=(2, 3))
+SIZES = {"default": DEFAULT, "tiny": TINY}
+
+
+def sized(size: str, *, seed: int | None = None, bias: float | None = None) -> SynthVIConfig:
+    """The SynthVI of a size ("default" or "tiny"), with another seed or modality bias where given."""
+    config = SIZES[size]
+    if seed is not None:
+        config = replace(config, seed=seed)
+    return config if bias is None else replace(config, ir_luminance_weight=1 - bias)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dmdl_dist.data.synthvi.model import INFRARED_CAMS, VISIBLE_CAMS
+from dmdl_dist.data.datasets import load_manifest
+from dmdl_dist.data.manifest import MODALITY_NAMES, columns, select
 from dmdl_dist.eval.metrics import rank_metrics
 
 DIRECTIONS = (("visible", "visible"), ("visible", "infrared"), ("infrared", "infrared"), ("infrared", "visible"))
@@ -46,16 +47,6 @@ def shape_histogram(image: np.ndarray, cell: int = 8, bins: int = 9) -> np.ndarr
     return hist.ravel()
 
 
-def _test_images(root: Path) -> list[tuple[Path, int, str]]:
-    ids = [int(x) for x in (root / "exp" / "test_id.txt").read_text().replace("\n", ",").split(",") if x.strip()]
-    out = []
-    for cam in sorted(VISIBLE_CAMS + INFRARED_CAMS):
-        modality = "infrared" if cam in INFRARED_CAMS else "visible"
-        for pid in ids:
-            out += [(p, pid, modality) for p in sorted((root / f"cam{cam}" / f"{pid:04d}").glob("*.jpg"))]
-    return out
-
-
 def _normalised(x: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=0)  # centred over the set, so what every image shares does not dominate the cosine
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
@@ -63,12 +54,10 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 
 def retrieval_stats(root: str | Path) -> dict[str, dict[str, dict[str, float]]]:
     """{descriptor: {"visible->infrared": {"rank1": .., "mAP": ..}, ...}} over SynthVI's test ids."""
-    items = _test_images(Path(root))
-    if not items:
-        raise ValueError(f"{root} holds no test images; is it a SynthVI folder?")
-    images = [np.asarray(Image.open(p).convert("RGB")) for p, _, _ in items]
-    pids = np.array([pid for _, pid, _ in items])
-    modality = np.array([m for _, _, m in items])
+    test = columns(select(load_manifest("synthvi", root), split="test"))  # the reader checks the layout
+    images = [np.asarray(Image.open(Path(root) / path).convert("RGB")) for path in test["path"]]
+    pids = test["pid"]
+    modality = np.array([MODALITY_NAMES[m] for m in test["modality"]])
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, describe in (("colour", colour_histogram), ("shape", shape_histogram)):
         feats = _normalised(np.stack([describe(im) for im in images]))
@@ -83,7 +72,7 @@ def retrieval_stats(root: str | Path) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def format_stats(stats: dict[str, dict[str, dict[str, float]]]) -> str:
-    """One row per descriptor, Rank-1 / mAP per direction, and what chance would give."""
+    """One row per descriptor, Rank-1 / mAP per direction."""
     header = "descriptor  " + "  ".join(f"{f'{q[0].upper()}->{g[0].upper()}':>11}" for q, g in DIRECTIONS)
     lines = [header + "   (Rank-1 / mAP, %, SynthVI test ids, every image a query)"]
     for name, rows in stats.items():
