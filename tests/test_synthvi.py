@@ -11,6 +11,7 @@ from PIL import Image
 
 from dmdl_dist.data.synthvi import (
     BACKGROUND,
+    GENERATOR_VERSION,
     INFRARED_CAMS,
     PALETTE,
     SKIN,
@@ -211,7 +212,7 @@ def test_the_bias_dial_reaches_the_generated_data(tmp_path, monkeypatch):
 
     monkeypatch.setenv("DMDL_CACHE", str(tmp_path))
     root = dataset_root(load_config("tiny", overrides=["data.synthvi_bias=0"]))
-    assert root == tmp_path / "synthvi-tiny-bias0"
+    assert root == tmp_path / f"synthvi-tiny-bias0-v{GENERATOR_VERSION}"  # a newer generator never meets a stale cache
     config = SynthVIConfig.from_dict(json.loads((root / "synthvi.json").read_text())["config"])
     assert config == replace(TINY, ir_luminance_weight=1.0) and config.bias == 0
     # At bias 0 infrared heat follows the visible colour's luminance exactly (within the garment's heat range).
@@ -219,6 +220,13 @@ def test_the_bias_dial_reaches_the_generated_data(tmp_path, monkeypatch):
     luminance = [np.dot(PALETTE[p.top.colour], (0.299, 0.587, 0.114)) for p in people]
     assert np.corrcoef(luminance, [p.top.heat for p in people])[0, 1] > 0.99
     assert load_config("tiny").data.synthvi_bias is None and TINY.bias == pytest.approx(0.8)
+    # The dial weakens the colour cue too: visible tops keep 0.3 + 0.7 * bias of their saturation.
+    def top_spread(config: SynthVIConfig) -> float:
+        shot = render(config, 1, VISIBLE_CAMS[0], 1)
+        top = shot.image[shot.parts == TOP].astype(float)
+        return float((top.max(axis=1) - top.min(axis=1)).mean())
+
+    assert top_spread(config) < 0.6 * top_spread(replace(TINY, ir_luminance_weight=0.0))
     with pytest.raises(ConfigError, match=r"synthvi_bias.*\[0, 1\]"):
         load_config("tiny", overrides=["data.synthvi_bias=1.5"])
 

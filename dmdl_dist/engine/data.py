@@ -29,9 +29,12 @@ def cache_dir() -> Path:
 
 
 def synthvi_folder(cfg: Config) -> str:
-    """The cache folder's name of the SynthVI a config asks for (size, and the bias when not the default)."""
+    """The cache folder's name of the SynthVI a config asks for: size, the bias when not the default, and the
+    generator's version, so that a newer generator writes a new folder instead of meeting a stale one."""
+    from dmdl_dist.data.synthvi import GENERATOR_VERSION
+
     bias = "" if cfg.data.synthvi_bias is None else f"-bias{cfg.data.synthvi_bias:g}"
-    return f"synthvi-{cfg.data.synthvi_size}{bias}"
+    return f"synthvi-{cfg.data.synthvi_size}{bias}-v{GENERATOR_VERSION}"
 
 
 def dataset_root(cfg: Config) -> Path:

@@ -15,15 +15,17 @@ Identity (one random stream per pid). Cues both modalities render:
   * body: stature, head radius, shoulder and hip width, leg and arm length (body-height units);
   * clothing shape: long or short sleeves, trousers or shorts, long or short hair;
   * texture: a top and a bottom garment, each plain, striped (0/45/90/135 degrees) or checked,
-    with its own period and contrast; the pattern darkens colour and heat alike;
+    with its own period (0.08-0.16 body heights) and contrast; the pattern pulls a light garment
+    towards black and a dark one towards white, in colour and heat alike;
   * accessories: hat, shoulder bag (left or right), backpack, each present with some probability.
 Cues of one modality only:
   * visible colour: top, hat, bag and backpack from a 12-colour palette, bottoms from 6 of those,
     skin tone and hair colour from small sets. Identities share colours, so colour is a strong but
     imperfect cue.
-  * infrared heat, per garment and accessory: w * luminance(colour) + (1 - w) * u, u drawn on its
-    own (w = ir_luminance_weight, 0.2 by default; the modality bias is 1 - w: `data.synthvi_bias`,
-    `dmdl synth --bias`). The infrared value cannot be read off the visible
+  * infrared heat, per garment and accessory: lo + (hi - lo) * (w * luminance(colour) + (1 - w) * u),
+    u drawn on its own (w = ir_luminance_weight, 0.2 by default; the modality bias is 1 - w:
+    `data.synthvi_bias`, `dmdl synth --bias`). Visible clothes keep 0.3 + 0.7 * bias of their
+    colour's saturation, so the dial weakens the colour cue too. The infrared value cannot be read off the visible
     colour, so a colour-based feature does not transfer across modalities: colour is the modality
     shortcut. Skin is hottest, clothes cooler, accessories and shoes coolest.
 Camera (one stream per camera): background (vertical gradient, floor, wall panels, low-frequency

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-GENERATOR_VERSION = 1  # bump when a change alters the bytes written, so stale caches are refused
+GENERATOR_VERSION = 2  # bump when a change alters the bytes written, so stale caches are refused
 VISIBLE_CAMS = (1, 2, 4, 5)
 INFRARED_CAMS = (3, 6)
 
@@ -178,26 +178,31 @@ def camera_plan(config: SynthVIConfig, pid: int) -> dict[int, int]:
     return dict(sorted(plan.items()))
 
 
+def luminance(rgb: tuple[int, int, int] | np.ndarray) -> float:
+    """Rec. 601 luma of an sRGB triple in 0..255, in [0, 1]."""
+    return float((0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255)
+
+
 def _heat(rng: np.random.Generator, rgb: tuple[int, int, int], weight: float, lo: float, hi: float) -> float:
-    luminance = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) / 255
-    return float(weight * luminance + (1 - weight) * rng.uniform(lo, hi))
+    """Infrared intensity in [lo, hi]: the colour's luminance with weight `weight`, a private draw with the rest."""
+    return float(lo + (hi - lo) * (weight * luminance(rgb) + (1 - weight) * rng.random()))
 
 
 def _garment(rng: np.random.Generator, colours: tuple[str, ...], weight: float, p_pattern: list[float]) -> Garment:
     colour = colours[rng.integers(len(colours))]
     return Garment(
         colour=colour,
-        heat=_heat(rng, PALETTE[colour], weight, 0.15, 0.75),
+        heat=_heat(rng, PALETTE[colour], weight, 0.3, 0.9),
         pattern=PATTERNS[rng.choice(len(PATTERNS), p=p_pattern)],
-        period=float(rng.uniform(0.04, 0.09)),
+        period=float(rng.uniform(0.08, 0.16)),  # 5-10 pixels of a 64-pixel-high person at the demo's 64 x 32
         angle=float(rng.choice([0.0, 45.0, 90.0, 135.0])),
-        contrast=float(rng.uniform(0.3, 0.55)),
+        contrast=float(rng.uniform(0.45, 0.7)),
     )
 
 
 def _accessory(rng: np.random.Generator, p: float, weight: float) -> Accessory | None:
     colour = tuple(PALETTE)[rng.integers(len(PALETTE))]  # drawn whether present or not: fixed stream
-    heat = _heat(rng, PALETTE[colour], weight, 0.05, 0.45)
+    heat = _heat(rng, PALETTE[colour], weight, 0.1, 0.5)
     side = int(rng.choice([-1, 1]))
     return Accessory(colour, heat, side) if rng.random() < p else None
 
@@ -221,11 +226,11 @@ def identity(config: SynthVIConfig, pid: int) -> Identity:
         hair_colour=int(rng.integers(len(HAIR_COLOURS))),
         skin_heat=float(rng.uniform(0.8, 0.95)),
         hair_heat=float(rng.uniform(0.35, 0.5)),
-        top=_garment(rng, tuple(PALETTE), w, [0.4, 0.35, 0.25]),
-        bottom=_garment(rng, BOTTOM_COLOURS, w, [0.7, 0.2, 0.1]),
-        hat=_accessory(rng, 0.25, w),
-        bag=_accessory(rng, 0.3, w),
-        backpack=_accessory(rng, 0.25, w),
+        top=_garment(rng, tuple(PALETTE), w, [0.25, 0.45, 0.3]),
+        bottom=_garment(rng, BOTTOM_COLOURS, w, [0.5, 0.3, 0.2]),
+        hat=_accessory(rng, 0.3, w),
+        bag=_accessory(rng, 0.35, w),
+        backpack=_accessory(rng, 0.3, w),
     )
 
 
@@ -250,6 +255,6 @@ def camera(config: SynthVIConfig, cam: int) -> Camera:
         cast=tuple(float(c) for c in cast / cast.mean()),
         shear=float(rng.uniform(-0.12, 0.12)),
         scale=float(rng.uniform(0.88, 1.02)),
-        blur=float(rng.uniform(0.5, 1.1) if infrared else rng.uniform(0.0, 0.6)),
-        noise=float(rng.uniform(0.02, 0.045) if infrared else rng.uniform(0.008, 0.03)),
+        blur=float(rng.uniform(0.3, 0.7) if infrared else rng.uniform(0.0, 0.4)),
+        noise=float(rng.uniform(0.015, 0.03) if infrared else rng.uniform(0.008, 0.02)),
     )  # fmt: skip

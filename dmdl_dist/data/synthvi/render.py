@@ -31,6 +31,7 @@ from dmdl_dist.data.synthvi.model import (
     camera,
     draws,
     identity,
+    luminance,
 )
 
 
@@ -102,8 +103,11 @@ def _parts(ident: Identity, arm_angles: np.ndarray, leg_angles: np.ndarray) -> l
     return parts
 
 
-def _part_values(ident: Identity, infrared: bool) -> np.ndarray:
-    """Per-label intensity table: 9 x 1 heats for infrared, 9 x 3 colours in [0, 1] for visible."""
+def _part_values(ident: Identity, infrared: bool, saturation: float) -> np.ndarray:
+    """Per-label intensity table: 9 x 1 heats for infrared, 9 x 3 colours in [0, 1] for visible.
+
+    Visible clothing and accessories keep `saturation` of their colour's distance from grey: a
+    weaker modality bias makes colour a weaker cue as well as heat a closer follower of it."""
     table = np.zeros((9, 1 if infrared else 3))
     wear = {TOP: ident.top, BOTTOM: ident.bottom, HAT: ident.hat, BAG: ident.bag, BACKPACK: ident.backpack}
     if infrared:
@@ -115,7 +119,10 @@ def _part_values(ident: Identity, infrared: bool) -> np.ndarray:
             np.array([SKIN_TONES[ident.skin_tone], HAIR_COLOURS[ident.hair_colour], SHOE_RGB]) / 255
         )
         for label, item in wear.items():
-            table[label] = np.array(PALETTE[item.colour]) / 255 if item else 0.0
+            if item:
+                rgb = np.array(PALETTE[item.colour]) / 255
+                grey = luminance(PALETTE[item.colour])
+                table[label] = grey + saturation * (rgb - grey)
     return table
 
 
@@ -196,10 +203,13 @@ def render(config: SynthVIConfig, pid: int, cam: int, index: int) -> Rendering:
     px = np.stack(np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5), axis=-1) - t  # h x w x 2
     uv = px @ np.linalg.inv(A).T
     u, v = uv[..., 0], uv[..., 1] + 1
-    person = _part_values(ident, cm.infrared)[labels]  # h x w x C
+    person = _part_values(ident, cm.infrared, 0.3 + 0.7 * config.bias)[labels]  # h x w x C
     for label, garment in ((TOP, ident.top), (BOTTOM, ident.bottom)):
         on = labels == label
-        person[on] *= (1 - garment.contrast * _pattern(garment, u[on], v[on]))[:, None]
+        if on.any():  # the pattern pulls a light garment towards black and a dark one towards white
+            base = person[on]
+            towards = 0.0 if base.mean() > 0.45 else 1.0
+            person[on] = base + (garment.contrast * _pattern(garment, u[on], v[on]))[:, None] * (towards - base)
     person *= (1 - 0.2 * np.minimum((u / (0.6 * ident.shoulder_width)) ** 2, 1))[:, :, None]
 
     bg = _background(cm, rng, h, w)
