@@ -242,3 +242,41 @@ def test_synth_command_writes_and_measures(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"SynthVI (tiny, seed 0, bias 1) at {tmp_path / 's'}"
     assert out[1].startswith("descriptor") and out[2].startswith("colour") and out[3].startswith("shape")
+
+
+def test_stats_measure_a_checkpoint_like_the_descriptors(tiny, tmp_path, capsys):
+    """`--stats --checkpoint`: a trained model's features read within and across modalities like the descriptors."""
+    import torch
+
+    from dmdl_dist import cli
+    from dmdl_dist.config import load_config, to_dict
+    from dmdl_dist.data.datasets import load_manifest
+    from dmdl_dist.data.manifest import MODALITY_NAMES, columns, select
+    from dmdl_dist.data.synthvi.stats import DIRECTIONS, retrieval_stats
+    from dmdl_dist.engine.checkpoint import save_atomic
+    from dmdl_dist.models.backbone import build_model
+    from dmdl_dist.serve.inference import checkpoint_feature_fn
+
+    torch.manual_seed(0)
+    path = tmp_path / "best.pt"
+    save_atomic({"model": build_model("small").state_dict(), "config": to_dict(load_config("tiny")), "epoch": 1}, path)
+    stats = retrieval_stats(tiny, [path])
+    assert list(stats) == ["colour", "shape", "model"] and set(stats["model"]) == {f"{q}->{g}" for q, g in DIRECTIONS}
+    # The same figure by hand: each visible image's nearest other visible image (cosine) has its identity.
+    manifest = select(load_manifest("synthvi", tiny), split="test")
+    feats = checkpoint_feature_fn(path, tiny, progress=False)(manifest)
+    feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    test = columns(manifest)
+    visible = np.flatnonzero(np.array([MODALITY_NAMES[m] for m in test["modality"]]) == "visible")
+    sim = feats[visible] @ feats[visible].T
+    np.fill_diagonal(sim, -np.inf)
+    hits = test["pid"][visible][sim.argmax(axis=1)] == test["pid"][visible]
+    assert stats["model"]["visible->visible"]["rank1"] == pytest.approx(100 * hits.mean())
+    assert len(retrieval_stats(tiny, [path, path])) == 4  # model1, model2
+
+    command = ["synth", "--out", str(tiny), "--size", "tiny", "--stats", "--checkpoint"]
+    assert cli.main([*command, str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[4].startswith("model ") and out[5] == f"model: {path}"
+    assert cli.main([*command, str(tmp_path / "x.pt")]) == 2
+    assert "no such file" in capsys.readouterr().err

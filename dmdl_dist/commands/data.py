@@ -17,12 +17,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stats", action="store_true",
                    help="then print how well a colour histogram and a shape descriptor retrieve within and across "
                    "modalities on the test ids")
+    p.add_argument("--checkpoint", type=Path, action="append", default=[], metavar="CKPT",
+                   help="with --stats: a trained checkpoint's features measured the same way (repeatable)")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from dmdl_dist.config import ConfigError
     from dmdl_dist.data.synthvi import generate, sized
 
+    if args.checkpoint and not args.stats:
+        raise ConfigError("--checkpoint is measured by --stats; add --stats")
+    missing = [str(p) for p in args.checkpoint if not p.is_file()]
+    if missing:
+        raise ConfigError(f"--checkpoint: no such file: {', '.join(missing)} (a run folder's best.pt or last.pt)")
     if args.bias is not None and not 0 <= args.bias <= 1:
         raise ConfigError(f"--bias {args.bias} is outside [0, 1]; 0: infrared heat follows visible colour, "
                           "1: independent of it")
@@ -32,7 +39,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.stats:
         from dmdl_dist.data.synthvi.stats import format_stats, retrieval_stats
 
-        print(format_stats(retrieval_stats(out)))
+        print(format_stats(retrieval_stats(out, args.checkpoint)))
+        names = ["model"] if len(args.checkpoint) == 1 else [f"model{i + 1}" for i in range(len(args.checkpoint))]
+        for name, path in zip(names, args.checkpoint, strict=True):
+            print(f"{name}: {path}")
     return 0
 
 

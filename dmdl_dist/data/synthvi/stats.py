@@ -6,10 +6,14 @@ of the other (or of the same, itself left out):
     images; it should retrieve visible -> visible far better than visible -> infrared (the bias);
   * shape: histograms of gradient orientation on the grey image, contrast-normalised per cell;
     what silhouettes and garment patterns look like in either modality (the shared cues).
+A trained checkpoint adds a row of its own features (flip-averaged, cosine), so that what a model
+learnt can be read the same way: a model that learnt the shortcut retrieves within a modality far
+better than across.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,22 +56,36 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
 
 
-def retrieval_stats(root: str | Path) -> dict[str, dict[str, dict[str, float]]]:
-    """{descriptor: {"visible->infrared": {"rank1": .., "mAP": ..}, ...}} over SynthVI's test ids."""
-    test = columns(select(load_manifest("synthvi", root), split="test"))  # the reader checks the layout
+def retrieval_stats(root: str | Path, checkpoints: Sequence[str | Path] = ()) -> dict[str, dict[str, dict[str, float]]]:
+    """{descriptor: {"visible->infrared": {"rank1": .., "mAP": ..}, ...}} over SynthVI's test ids.
+
+    Each checkpoint adds the row "model" (several: "model1", "model2", ... in the order given).
+    """
+    manifest = select(load_manifest("synthvi", root), split="test")  # the reader checks the layout
+    test = columns(manifest)
     images = [np.asarray(Image.open(Path(root) / path).convert("RGB")) for path in test["path"]]
     pids = test["pid"]
     modality = np.array([MODALITY_NAMES[m] for m in test["modality"]])
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for name, describe in (("colour", colour_histogram), ("shape", shape_histogram)):
-        feats = _normalised(np.stack([describe(im) for im in images]))
-        out[name] = {}
-        for q_mod, g_mod in DIRECTIONS:
-            q, g = np.flatnonzero(modality == q_mod), np.flatnonzero(modality == g_mod)
-            sim = feats[q] @ feats[g].T
-            exclude = q[:, None] == g[None, :]  # an image never retrieves itself
-            m = rank_metrics(sim, pids[q], pids[g], exclude=exclude, dedup_ranks=False, ranks=(1,))
-            out[name][f"{q_mod}->{g_mod}"] = {"rank1": m["rank1"], "mAP": m["mAP"]}
+    out = {name: _directions(_normalised(np.stack([describe(im) for im in images])), pids, modality)
+           for name, describe in (("colour", colour_histogram), ("shape", shape_histogram))}
+    for i, path in enumerate(checkpoints):
+        from dmdl_dist.serve.inference import checkpoint_feature_fn
+
+        feats = checkpoint_feature_fn(path, root, progress=False)(manifest).astype(np.float64)
+        feats /= np.linalg.norm(feats, axis=1, keepdims=True) + 1e-12
+        out["model" if len(checkpoints) == 1 else f"model{i + 1}"] = _directions(feats, pids, modality)
+    return out
+
+
+def _directions(feats: np.ndarray, pids: np.ndarray, modality: np.ndarray) -> dict[str, dict[str, float]]:
+    """Rank-1 and mAP of every direction, each image a query among the other modality's (or its own, less itself)."""
+    out = {}
+    for q_mod, g_mod in DIRECTIONS:
+        q, g = np.flatnonzero(modality == q_mod), np.flatnonzero(modality == g_mod)
+        sim = feats[q] @ feats[g].T
+        exclude = q[:, None] == g[None, :]  # an image never retrieves itself
+        m = rank_metrics(sim, pids[q], pids[g], exclude=exclude, dedup_ranks=False, ranks=(1,))
+        out[f"{q_mod}->{g_mod}"] = {"rank1": m["rank1"], "mAP": m["mAP"]}
     return out
 
 
