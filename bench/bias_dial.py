@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dmdl_dist.data.synthvi import sized
+
 VARIANTS = ("baseline", "full DMDL")
-DEFAULT_BIAS = 0.8  # the generator's own (data.synthvi_bias: null)
+DEFAULT_BIAS = sized("default").bias  # the generator's own (data.synthvi_bias: null)
 
 
 def run(biases: list[float], seeds: int, out: Path, overrides: list[str]) -> dict[float, dict[str, np.ndarray]]:

@@ -37,11 +37,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     out = generate(args.out, base)
     print(f"SynthVI ({args.size}, seed {args.seed}, bias {base.bias:g}) at {out}")
     if args.stats:
-        from dmdl_dist.data.synthvi.stats import format_stats, retrieval_stats
+        from dmdl_dist.data.synthvi.stats import format_stats, model_names, retrieval_stats
 
         print(format_stats(retrieval_stats(out, args.checkpoint)))
-        names = ["model"] if len(args.checkpoint) == 1 else [f"model{i + 1}" for i in range(len(args.checkpoint))]
-        for name, path in zip(names, args.checkpoint, strict=True):
+        for name, path in zip(model_names(len(args.checkpoint)), args.checkpoint, strict=True):
             print(f"{name}: {path}")
     return 0
 

@@ -73,8 +73,13 @@ def retrieval_stats(root: str | Path, checkpoints: Sequence[str | Path] = ()) ->
 
         feats = checkpoint_feature_fn(path, root, progress=False)(manifest).astype(np.float64)
         feats /= np.linalg.norm(feats, axis=1, keepdims=True) + 1e-12
-        out["model" if len(checkpoints) == 1 else f"model{i + 1}"] = _directions(feats, pids, modality)
+        out[model_names(len(checkpoints))[i]] = _directions(feats, pids, modality)
     return out
+
+
+def model_names(n: int) -> list[str]:
+    """The rows of n checkpoints: "model" alone, else "model1", "model2", ..."""
+    return ["model"] if n == 1 else [f"model{i + 1}" for i in range(n)]
 
 
 def _directions(feats: np.ndarray, pids: np.ndarray, modality: np.ndarray) -> dict[str, dict[str, float]]:
