@@ -56,12 +56,17 @@ class DataConfig:
                                "SynthVI); false trains on train + val and keeps the last epoch")
     height: int = option(128, "input height in pixels")
     width: int = option(64, "input width in pixels")
+    pad: int = option(10, "zero padding before the training crop, in pixels (the release's 10 at 288 x 144 shifts "
+                      "a person by up to 7 % of the width; scale it with the input size)")
     num_pids: int = option(8, "P: pseudo-identities per modality in the global batch (split across workers)")
     num_instances: int = option(8, "K: images per pseudo-identity in the global batch")
     camera_aware: bool = option(True, "each identity's K images: one anchor plus K-1 from its other cameras")
     loader_workers: int = option(2, "data loader processes (under Ray: at most dist.cpus_per_worker - 1)", stage=RUN)
     skip_bad_images: bool = option(False, "leave unreadable images out (listed in RUN_DIR/bad_images.txt) instead "
                                    "of stopping")
+    cache_mb: int = option(1024, "keep the training images decoded and resized in memory (in every worker) when "
+                           "they take at most this many MiB; 0: read every file each time. Results are the same",
+                           stage=RUN)
 
 
 @dataclass
@@ -422,8 +427,9 @@ def validate(cfg: Config) -> None:
         "cluster.k2": (cfg.cluster.k2, 1), "cluster.min_samples": (cfg.cluster.min_samples, 1),
         "cluster.max_degenerate_epochs": (cfg.cluster.max_degenerate_epochs, 1),
         "data.num_pids": (cfg.data.num_pids, 2), "data.num_instances": (cfg.data.num_instances, 2),
-        "data.height": (cfg.data.height, 16), "data.width": (cfg.data.width, 16),
-        "data.loader_workers": (cfg.data.loader_workers, 0), "cbt.topk_stage1": (cfg.cbt.topk_stage1, 1),
+        "data.height": (cfg.data.height, 16), "data.width": (cfg.data.width, 16), "data.pad": (cfg.data.pad, 0),
+        "data.loader_workers": (cfg.data.loader_workers, 0),
+        "data.cache_mb": (cfg.data.cache_mb, 0), "cbt.topk_stage1": (cfg.cbt.topk_stage1, 1),
         "cbt.topk_stage2": (cfg.cbt.topk_stage2, 1), "cbt.mmd_kernels": (cfg.cbt.mmd_kernels, 1),
         "eval.trials": (cfg.eval.trials, 1), "train.eval_batch_size": (cfg.train.eval_batch_size, 1),
         "dist.workers": (cfg.dist.workers, 0),

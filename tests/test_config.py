@@ -96,6 +96,7 @@ def test_apply_overrides_is_the_tune_entry_point():
     (["train.lr=0"], "'train.lr' must be positive"),
     (["train.lr=-1e-3"], "'train.lr' must be positive"),
     (["cluster.k1=0"], "'cluster.k1' must be at least 1"),
+    (["data.pad=-1"], "'data.pad' must be at least 0"),
     (["dist.backend=deepspeed"], "add --workers"),
 ])
 def test_distributed_choices_that_cannot_work_are_refused_early(overrides, message):

@@ -71,20 +71,21 @@ def test_test_transform_resizes_bicubic():
     assert torch.allclose(T.test_transform(64, 32)(image), expected, atol=1e-6)
 
 
-def test_training_view_is_a_flipped_or_not_crop_of_the_zero_padded_bicubic_resize():
+@pytest.mark.parametrize("pad", [T.PAD, 2])
+def test_training_view_is_a_flipped_or_not_crop_of_the_zero_padded_bicubic_resize(pad):
     image = _image()
-    padded = np.pad(np.asarray(image.resize((32, 64), Image.BICUBIC)), ((10, 10), (10, 10), (0, 0)))
-    full = _normalise(Image.fromarray(padded))  # 3 x 84 x 52
+    padded = np.pad(np.asarray(image.resize((32, 64), Image.BICUBIC)), ((pad, pad), (pad, pad), (0, 0)))
+    full = _normalise(Image.fromarray(padded))  # 3 x (64 + 2 pad) x (32 + 2 pad)
     crops = {}
-    for top, left in itertools.product(range(21), range(21)):
+    for top, left in itertools.product(range(2 * pad + 1), range(2 * pad + 1)):
         crop = full[:, top : top + 64, left : left + 32]
         crops[top, left, False], crops[top, left, True] = crop, crop.flip(-1)
     found = []
     for seed in range(12):
         torch.manual_seed(seed)
-        view, _ = T.train_views(VISIBLE, 64, 32, erase_p=0.0)(image)
+        view, _ = T.train_views(VISIBLE, 64, 32, erase_p=0.0, pad=pad)(image)
         matches = [key for key, crop in crops.items() if torch.allclose(view, crop, atol=1e-5)]
-        assert len(matches) >= 1, f"seed {seed}: view 1 is no crop of the padded bicubic resize"
+        assert len(matches) >= 1, f"seed {seed}: view 1 is no crop of the image padded by {pad}"
         found.append(matches[0])
     assert len({key[:2] for key in found}) > 1 and {key[2] for key in found} == {False, True}
 

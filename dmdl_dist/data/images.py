@@ -142,8 +142,12 @@ class ImageDataset(torch.utils.data.Dataset):
     how many workers or loader processes share it (seeds from transforms.sample_seed).
     """
 
-    def __init__(self, root: str | Path, paths: Sequence[str], transform: Callable) -> None:
+    def __init__(self, root: str | Path, paths: Sequence[str], transform: Callable,
+                 cache: Sequence[Image.Image] | None = None) -> None:
+        if cache is not None and len(cache) != len(paths):
+            raise ValueError(f"the image cache holds {len(cache)} images for {len(paths)} paths")
         self.root = Path(root)
+        self.cache = cache  # the images of `paths` already decoded (data/image_cache.py), or None
         # A fixed-width string array, not a list: forked DataLoader workers would otherwise copy
         # the pages of every path string as they touch its reference count.
         self.paths = np.asarray(list(paths), dtype=str)
@@ -154,11 +158,16 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
         if not isinstance(key, (tuple, list)):
-            return self.transform(load_image(self.root, str(self.paths[key]))), key
+            return self.transform(self._image(key)), key
         index, seed = (int(k) for k in key)
-        image = load_image(self.root, str(self.paths[index]))
+        image = self._image(index)
         with torch.random.fork_rng(devices=[]):  # CPU generator only; the transforms run on CPU
             # torch.manual_seed's CPU part alone: it would also seed (lazily) every accelerator
             # generator, at 100x the cost (~120 us a sample).
             torch.default_generator.manual_seed(seed)
             return self.transform(image), index
+
+    def _image(self, index: int) -> Image.Image:
+        if self.cache is not None:
+            return self.cache[index]
+        return load_image(self.root, str(self.paths[index]))

@@ -26,7 +26,7 @@ from dmdl_dist.data.manifest import INFRARED, VISIBLE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PAD = 10
+PAD = 10  # the release's zero padding before the random crop, in pixels at 288 x 144
 # The release's gray mix (ITU-R BT.601 luma as it writes the weights).
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 # Pseudo-colour: output channel i is channel i of a colour map drawn from PSEUDO_COLOUR_MAPS[i].
@@ -154,11 +154,17 @@ class PseudoColour:
         return Image.fromarray(pseudo_colour(np.asarray(image.convert("RGB")), maps))
 
 
-def _geometric(height: int, width: int) -> list:
-    """Bicubic resize, zero pad 10 + random crop back to size, horizontal flip: PIL in, PIL out."""
+def resize_step(height: int, width: int) -> v2.Resize:
+    """The bicubic resize every view and feature starts with; an image already at the size passes untouched
+    (what lets data/image_cache.py resize once per run)."""
+    return v2.Resize((height, width), interpolation=InterpolationMode.BICUBIC, antialias=True)
+
+
+def _geometric(height: int, width: int, pad: int) -> list:
+    """Bicubic resize, zero pad `pad` + random crop back to size, horizontal flip: PIL in, PIL out."""
     return [
-        v2.Resize((height, width), interpolation=InterpolationMode.BICUBIC, antialias=True),
-        v2.Pad(PAD),
+        resize_step(height, width),
+        v2.Pad(pad),
         v2.RandomCrop((height, width)),
         v2.RandomHorizontalFlip(0.5),
     ]
@@ -174,9 +180,10 @@ def _to_normalised() -> list:
     ]
 
 
-def _common(height: int, width: int, erase_p: float, erase_max_area: float, *, colour: Sequence = ()) -> list:
+def _common(height: int, width: int, erase_p: float, erase_max_area: float, *, pad: int = PAD,
+            colour: Sequence = ()) -> list:
     """Every training view: geometry, [colour steps on the PIL image], normalisation, erasing."""
-    return [*_geometric(height, width), *colour, *_to_normalised(), RandomErasing(erase_p, erase_max_area)]
+    return [*_geometric(height, width, pad), *colour, *_to_normalised(), RandomErasing(erase_p, erase_max_area)]
 
 
 class TwoViews:
@@ -190,7 +197,7 @@ class TwoViews:
 
 
 def single_view(
-    modality: int, height: int, width: int, *, erase_p: float = 0.5, erase_max_area: float = 0.5
+    modality: int, height: int, width: int, *, erase_p: float = 0.5, erase_max_area: float = 0.5, pad: int = PAD
 ) -> v2.Compose:
     """The plain training transform (cbt.augment off): the common pipeline, erasing included.
 
@@ -198,34 +205,33 @@ def single_view(
     does not matter here.
     """
     _check_modality(modality)
-    return v2.Compose(_common(height, width, erase_p, erase_max_area))
+    return v2.Compose(_common(height, width, erase_p, erase_max_area, pad=pad))
 
 
 def train_views(
-    modality: int, height: int, width: int, *, erase_p: float = 0.5, gray_p: float = 0.5, erase_max_area: float = 0.5
+    modality: int, height: int, width: int, *, erase_p: float = 0.5, gray_p: float = 0.5, erase_max_area: float = 0.5,
+    pad: int = PAD,
 ) -> TwoViews:
     """CBT's two views of a training image of the given modality (VISIBLE or INFRARED).
 
     The defaults are the release's stage-1 values; erase_max_area is cbt.erase_max_area in
-    stage 1 and cbt.erase_max_area_stage2 in stage 2 (0.6 on RegDB).
+    stage 1 and cbt.erase_max_area_stage2 in stage 2 (0.6 on RegDB); pad is data.pad.
     """
     _check_modality(modality)
     if modality == VISIBLE:
-        first = v2.Compose(_common(height, width, erase_p, erase_max_area))
+        first = v2.Compose(_common(height, width, erase_p, erase_max_area, pad=pad))
         jitter = v2.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.5)
-        second = v2.Compose([*_common(height, width, erase_p, erase_max_area, colour=[jitter]), ChannelExchange()])
+        colour = _common(height, width, erase_p, erase_max_area, pad=pad, colour=[jitter])
+        second = v2.Compose([*colour, ChannelExchange()])
     else:
-        first = v2.Compose([*_common(height, width, erase_p, erase_max_area), ChannelAdaptiveGray(gray_p)])
-        second = v2.Compose(_common(height, width, erase_p, erase_max_area, colour=[PseudoColour()]))
+        first = v2.Compose([*_common(height, width, erase_p, erase_max_area, pad=pad), ChannelAdaptiveGray(gray_p)])
+        second = v2.Compose(_common(height, width, erase_p, erase_max_area, pad=pad, colour=[PseudoColour()]))
     return TwoViews(first, second)
 
 
 def test_transform(height: int, width: int) -> v2.Compose:
     """Bicubic resize and normalise: features for clustering and evaluation."""
-    return v2.Compose([
-        v2.Resize((height, width), interpolation=InterpolationMode.BICUBIC, antialias=True),
-        *_to_normalised(),
-    ])
+    return v2.Compose([resize_step(height, width), *_to_normalised()])
 
 
 def _check_modality(modality: int) -> None:

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from dmdl_dist.config import Config, ConfigError
 from dmdl_dist.data.datasets import DatasetLayoutError, load_manifest, require_training_part
+from dmdl_dist.data.image_cache import BYTES_PER_MB, ResizedImages, cache_bytes
 from dmdl_dist.data.images import check_images
 from dmdl_dist.data.manifest import INFRARED, MODALITY_NAMES, VISIBLE, columns, select
 from dmdl_dist.distributed import comm
@@ -67,6 +68,25 @@ class RunData:
     train_camids: list[np.ndarray]  # per modality (camera-aware sampling)
     val: pa.Table | None  # held-out training ids, relabelled as a test split for the protocols
     test: pa.Table
+    train_images: list[ResizedImages | None] | None = None  # per modality, when data.cache_mb allows (cache_images)
+
+    def train_cache(self, m: int) -> ResizedImages | None:
+        return None if self.train_images is None else self.train_images[m]
+
+
+def cache_images(cfg: Config, data: RunData, *, progress: bool = False) -> bool:
+    """Decodes and resizes the training images into memory when they fit data.cache_mb; True when it did."""
+    count = sum(len(p) for p in data.train_paths)
+    need = cache_bytes(count, cfg.data.height, cfg.data.width)
+    if need > cfg.data.cache_mb * BYTES_PER_MB:
+        if cfg.data.cache_mb > 0:
+            log.info(f"training images read from disk: {count} images take {need / BYTES_PER_MB:.0f} MiB at "
+                     f"{cfg.data.height} x {cfg.data.width}, over data.cache_mb={cfg.data.cache_mb}")
+        return False
+    with tqdm(total=count, desc="cache images", unit="img", disable=not progress, leave=False) as bar:
+        data.train_images = [ResizedImages.load(data.root, p, cfg.data.height, cfg.data.width, progress=bar.update)
+                             for p in data.train_paths]
+    return True
 
 
 def load_run_data(cfg: Config, run_dir: str | Path | None = None) -> RunData:

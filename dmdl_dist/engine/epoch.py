@@ -47,8 +47,9 @@ def _transform(cfg: Config, m: int, stage: int):
     erase_area = cfg.cbt.erase_max_area if stage == 1 else cfg.cbt.erase_max_area_stage2
     if cfg.cbt.augment:
         return train_views(m, cfg.data.height, cfg.data.width, erase_p=cfg.cbt.erase_p, gray_p=cfg.cbt.gray_p,
-                           erase_max_area=erase_area)
-    return single_view(m, cfg.data.height, cfg.data.width, erase_p=cfg.cbt.erase_p, erase_max_area=erase_area)
+                           erase_max_area=erase_area, pad=cfg.data.pad)
+    return single_view(m, cfg.data.height, cfg.data.width, erase_p=cfg.cbt.erase_p, erase_max_area=erase_area,
+                       pad=cfg.data.pad)
 
 
 def _sampler_args(cfg: Config, plan: EpochPlan) -> dict:
@@ -79,7 +80,8 @@ def epoch_batches(data: RunData, ref: Refresh, cfg: Config, plan: EpochPlan) -> 
 def modality_loaders(data: RunData, ref: Refresh, cfg: Config, plan: EpochPlan) -> list[DataLoader]:
     """One loader per modality yielding this rank's share of each step's batch as (views, dataset index)."""
     keys = epoch_batches(data, ref, cfg, plan)
-    return [DataLoader(ImageDataset(data.root, data.train_paths[m], _transform(cfg, m, plan.stage)),
+    return [DataLoader(ImageDataset(data.root, data.train_paths[m], _transform(cfg, m, plan.stage),
+                                    cache=data.train_cache(m)),
                        batch_sampler=keys[m], num_workers=loader_workers(cfg)) for m in MODALITIES]
 
 

@@ -28,18 +28,20 @@ def extract_features(
     workers: int = 0,
     flip: bool = False,
     desc: str | None = None,
+    cache: Sequence | None = None,
 ) -> np.ndarray:
     """L2-normalised BN-neck features, N x D float32, in the order of `paths`.
 
     With flip=True the feature is the normalised mean of the image's and its mirror's
-    (the field's test-time feature); the clustering refresh uses flip=False.
+    (the field's test-time feature); the clustering refresh uses flip=False. `cache`: the images of
+    `paths` already decoded and resized (data/image_cache.py), or None to read the files.
     """
     inner = getattr(model, "module", model)
     was_training = inner.training
     inner.eval()
     dtype = next(inner.parameters()).dtype  # fp16 modules (DeepSpeed's fp16 mode) take half inputs
     loader = DataLoader(
-        ImageDataset(root, list(paths), test_transform(height, width)),
+        ImageDataset(root, list(paths), test_transform(height, width), cache=cache),
         batch_size=batch_size,
         num_workers=workers,
         shuffle=False,

@@ -124,18 +124,21 @@ def refresh(
     epoch_in_stage: int,
     device: torch.device,
     progress: bool = True,
+    caches: list | None = None,
 ) -> Refresh:
-    """Everything a training epoch needs, computed from the current model."""
+    """Everything a training epoch needs, computed from the current model (`caches`: per modality, the images
+    of `paths` already decoded and resized, or None)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     comm.broadcast_buffers(getattr(model, "module", model))  # every rank extracts with rank 0's BN statistics
     local = []
-    for p, name in zip(paths, MODALITY_NAMES, strict=True):
+    for m, (p, name) in enumerate(zip(paths, MODALITY_NAMES, strict=True)):
         start, end = comm.shard_bounds(len(p))  # each rank extracts its own contiguous slice
+        cache = caches[m].slice(start, end) if caches and caches[m] is not None else None
         local.append(extract_features(
             model, root, p[start:end], height=cfg.data.height, width=cfg.data.width, device=device,
             batch_size=cfg.train.eval_batch_size, workers=cfg.data.loader_workers, flip=True,
-            desc=f"extract {name}" if progress else None,
+            desc=f"extract {name}" if progress else None, cache=cache,
         ))
     t1 = time.perf_counter()
     feats_t = [comm.all_gather_cat(torch.from_numpy(f).to(device)) for f in local]  # N_m x D on the device

@@ -24,7 +24,7 @@ from dmdl_dist.distributed.backend import Engine, build_engine
 from dmdl_dist.distributed.session import LocalSession, rewrite_records
 from dmdl_dist.engine import checkpoint as ckpt
 from dmdl_dist.engine.atomic import write_text
-from dmdl_dist.engine.data import RunData, load_run_data
+from dmdl_dist.engine.data import RunData, cache_images, load_run_data
 from dmdl_dist.engine.epoch import EpochPlan, loader_workers, train_one_epoch
 from dmdl_dist.engine.extract import extract_features
 from dmdl_dist.engine.recluster import Refresh, refresh
@@ -139,6 +139,8 @@ def train(
 
     if main and state.epoch == 0 and cfg.run.report:
         _snapshot(model, data, cfg, device, run_dir, "untrained")
+    if state.epoch < total_epochs(cfg):
+        cache_images(cfg, data, progress=progress)
     while state.epoch < total_epochs(cfg):
         epoch = state.epoch
         stage, in_stage = stage_of(epoch, cfg)
@@ -148,7 +150,7 @@ def train(
         engine.set_lr(lr_at(cfg, in_stage, comm.world_size()))
         t0 = time.perf_counter()
         ref = refresh(model, str(data.root), data.train_paths, data.train_pids, cfg, stage=stage,
-                      epoch_in_stage=in_stage, device=device, progress=progress)
+                      epoch_in_stage=in_stage, device=device, progress=progress, caches=data.train_images)
         state.degenerate_epochs = state.degenerate_epochs + 1 if ref.degenerate else 0
         if state.degenerate_epochs >= cfg.cluster.max_degenerate_epochs:
             raise DegenerateClusteringError(_degenerate_advice(cfg, ref, state.degenerate_epochs))
