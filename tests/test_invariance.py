@@ -59,7 +59,12 @@ def test_one_and_two_workers_train_the_same_model(tmp_path, tiny_root):
         for name, values in a["step_losses"].items():
             # atol 1e-4: MMD is a difference of kernel means, so summation-order rounding (1.2e-4 relative at
             # 0.19, measured on generator-2 SynthVI) is amplified relative to its value; the others sit far below.
-            np.testing.assert_allclose(b["step_losses"][name], values, rtol=1e-4, atol=1e-4, err_msg=name)
+            # CAI: -sum t log P(y | do(x)) over the refined target's top 3 of the other view, whose 3rd and 4th
+            # logits lay 1.6e-5 apart at the first stage-2 step on generator-3 SynthVI, within the two runs'
+            # rounding: the 3rd pick can flip, moving the loss by 1e-3 relative (measured 9.8e-4). A flip is a
+            # tie of the recipe's top-k, not a divergence: the weights below still agree to 1e-4.
+            rtol = 2e-3 if name == "cai" else 1e-4
+            np.testing.assert_allclose(b["step_losses"][name], values, rtol=rtol, atol=1e-4, err_msg=name)
     assert "cai" in one[1]["step_losses"]
     steps = sum(len(r["step_losses"]["memory"]) for r in one)
     assert steps == 4  # two epochs of train.iters_per_epoch=2

@@ -13,11 +13,16 @@ Generative model
 ----------------
 Identity (one random stream per pid). Cues both modalities render:
   * body: stature, head radius, shoulder and hip width, leg and arm length (body-height units);
-  * clothing shape: long or short sleeves, trousers or shorts, long or short hair;
+  * clothing shape: long or short sleeves, trousers or shorts, a coat flaring past the hips or not,
+    long or short hair;
   * texture: a top and a bottom garment, each plain, striped (0/45/90/135 degrees) or checked,
     with its own period (0.08-0.16 body heights) and contrast; the pattern pulls a light garment
     towards black and a dark one towards white, in colour and heat alike;
-  * accessories: hat, shoulder bag (left or right), backpack, each present with some probability.
+  * accessories: hat with a brim, shoulder bag (left or right) with its strap, backpack wider than
+    the shoulders, each present with some probability.
+Version 3 sized these shape cues for the demo's 64 x 32 (arms, hats, bags and backpacks a pixel or
+two wider, long hair down to the shoulder blades, wider body-width ranges, less camera and image
+scale jitter, coats), so that a silhouette tells identities apart as well as a pattern does.
 Cues of one modality only:
   * visible colour: top, hat, bag and backpack from a 12-colour palette, bottoms from 6 of those,
     skin tone and hair colour from small sets. Identities share colours, so colour is a strong but

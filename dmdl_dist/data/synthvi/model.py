@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-GENERATOR_VERSION = 2  # bump when a change alters the bytes written, so stale caches are refused
+GENERATOR_VERSION = 3  # bump when a change alters the bytes written, so stale caches are refused
 VISIBLE_CAMS = (1, 2, 4, 5)
 INFRARED_CAMS = (3, 6)
 
@@ -133,6 +133,7 @@ class Identity:
     hat: Accessory | None
     bag: Accessory | None
     backpack: Accessory | None
+    coat: bool  # the top flares past the hips: a silhouette either modality shows
 
 
 @dataclass(frozen=True)
@@ -215,8 +216,8 @@ def identity(config: SynthVIConfig, pid: int) -> Identity:
         pid=pid,
         stature=float(rng.uniform(0.8, 0.95)),
         head_radius=float(rng.uniform(0.058, 0.072)),
-        shoulder_width=float(rng.uniform(0.21, 0.31)),
-        hip_width=float(rng.uniform(0.16, 0.24)),
+        shoulder_width=float(rng.uniform(0.19, 0.33)),
+        hip_width=float(rng.uniform(0.15, 0.26)),
         leg_length=float(rng.uniform(0.43, 0.53)),
         arm_length=float(rng.uniform(0.34, 0.42)),
         long_sleeves=bool(rng.random() < 0.5),
@@ -231,6 +232,7 @@ def identity(config: SynthVIConfig, pid: int) -> Identity:
         hat=_accessory(rng, 0.3, w),
         bag=_accessory(rng, 0.35, w),
         backpack=_accessory(rng, 0.3, w),
+        coat=bool(rng.random() < 0.3),  # drawn last: the earlier draws keep their streams
     )
 
 
@@ -254,7 +256,7 @@ def camera(config: SynthVIConfig, cam: int) -> Camera:
         gamma=float(rng.uniform(0.8, 1.25) if infrared else rng.uniform(0.75, 1.35)),
         cast=tuple(float(c) for c in cast / cast.mean()),
         shear=float(rng.uniform(-0.12, 0.12)),
-        scale=float(rng.uniform(0.88, 1.02)),
+        scale=float(rng.uniform(0.93, 1.0)),
         blur=float(rng.uniform(0.3, 0.7) if infrared else rng.uniform(0.0, 0.4)),
         noise=float(rng.uniform(0.015, 0.03) if infrared else rng.uniform(0.008, 0.02)),
     )  # fmt: skip

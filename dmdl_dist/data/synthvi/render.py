@@ -59,10 +59,10 @@ def _parts(ident: Identity, arm_angles: np.ndarray, leg_angles: np.ndarray) -> l
     """(label, polygon in body coordinates) in painting order, back to front."""
     hr, sw, hw = ident.head_radius, ident.shoulder_width, ident.hip_width
     sy, hy = 2 * hr + 0.015, 1.0 - ident.leg_length  # shoulder and hip lines
-    aw, lw = 0.2 * sw, 0.5 * hw  # arm and leg widths
+    aw, lw = 0.27 * sw, 0.5 * hw  # arm and leg widths
     parts = []
     if ident.backpack:
-        parts.append((BACKPACK, _rect(-sw / 2 - 0.03, sy + 0.01, sw / 2 + 0.03, hy - 0.04)))
+        parts.append((BACKPACK, _rect(-sw / 2 - 0.06, sy - 0.03, sw / 2 + 0.06, hy - 0.02)))
     for side, angle in zip((-1, 1), leg_angles, strict=True):
         hip = np.array([side * hw / 4, hy])
         foot = hip + (ident.leg_length - 0.012) * np.array([side * math.sin(angle), math.cos(angle)])
@@ -75,10 +75,13 @@ def _parts(ident: Identity, arm_angles: np.ndarray, leg_angles: np.ndarray) -> l
     parts.append((BOTTOM, _rect(-hw / 2, hy - 0.04, hw / 2, hy + 0.05)))
     parts.append((SKIN, _rect(-0.35 * hr, 1.6 * hr, 0.35 * hr, sy + 0.01)))  # neck
     parts.append((TOP, np.array([[-sw / 2, sy], [sw / 2, sy], [hw / 2, hy], [-hw / 2, hy]])))
+    if ident.coat:
+        hem = hy + 0.17
+        parts.append((TOP, np.array([[-hw / 2, hy - 0.01], [hw / 2, hy - 0.01], [0.7 * hw, hem], [-0.7 * hw, hem]])))
     if ident.backpack:
         parts += [(BACKPACK, _rect(s * sw / 4 - 0.012, sy, s * sw / 4 + 0.012, sy + 0.16)) for s in (-1, 1)]
     if ident.long_hair:
-        parts.append((HAIR, _rect(-0.95 * hr, hr, 0.95 * hr, sy + 0.07)))
+        parts.append((HAIR, _rect(-1.15 * hr, hr, 1.15 * hr, sy + 0.14)))
     for side, angle in zip((-1, 1), arm_angles, strict=True):
         shoulder = np.array([side * (sw / 2 - aw / 2), sy + 0.01])
         hand = shoulder + ident.arm_length * np.array([side * math.sin(angle), math.cos(angle)])
@@ -89,14 +92,14 @@ def _parts(ident: Identity, arm_angles: np.ndarray, leg_angles: np.ndarray) -> l
         parts.append((SKIN, _ellipse(hand[0], hand[1], 0.5 * aw, 0.6 * aw)))
     if ident.bag:
         s = ident.bag.side
-        bag_top = np.array([s * (hw / 2 + 0.035), hy - 0.04])
-        parts.append((BAG, _limb(np.array([-s * sw / 3, sy]), bag_top, 0.014, 0.014)))
-        parts.append((BAG, _rect(bag_top[0] - 0.045, hy - 0.04, bag_top[0] + 0.045, hy + 0.045)))
+        bag_top = np.array([s * (hw / 2 + 0.035), hy - 0.05])
+        parts.append((BAG, _limb(np.array([-s * sw / 3, sy]), bag_top, 0.022, 0.022)))
+        parts.append((BAG, _rect(bag_top[0] - 0.06, hy - 0.05, bag_top[0] + 0.06, hy + 0.07)))
     parts.append((SKIN, _ellipse(0.0, hr, 0.82 * hr, hr)))  # face
     if ident.hat:
         parts += [
-            (HAT, _rect(-0.8 * hr, -0.03, 0.8 * hr, 0.6 * hr)),
-            (HAT, _rect(-1.25 * hr, 0.5 * hr, 1.25 * hr, 0.66 * hr)),
+            (HAT, _rect(-0.85 * hr, -0.06, 0.85 * hr, 0.6 * hr)),
+            (HAT, _rect(-1.5 * hr, 0.45 * hr, 1.5 * hr, 0.7 * hr)),
         ]
     else:
         parts.append((HAIR, _ellipse(0.0, 0.95 * hr, 0.9 * hr, 1.02 * hr, math.pi, 2 * math.pi)))
@@ -185,7 +188,7 @@ def render(config: SynthVIConfig, pid: int, cam: int, index: int) -> Rendering:
     legs = np.radians(rng.uniform(-3, 12, 2))
     flip = -1.0 if rng.random() < 0.5 else 1.0
     rot, shear = math.radians(rng.normal(0, 2.5)), cm.shear + rng.normal(0, 0.03)
-    size = min(ident.stature * cm.scale * rng.uniform(0.94, 1.06), 0.97)
+    size = min(ident.stature * cm.scale * rng.uniform(0.97, 1.03), 0.97)
     room = 1 - size
     foot = 1 - room * rng.uniform(0.15, 0.85)
     centre = 0.5 + rng.uniform(-0.08, 0.08)
