@@ -29,3 +29,6 @@ def test_ablation_writes_its_tables_and_report_and_resumes(tmp_path, tiny_root, 
     assert again.to_pylist() == table.to_pylist()
     with pytest.raises(ValueError, match="unknown ablation variant"):
         run_ablation(base, tmp_path, variants=["nope"])
+    other = load_config("tiny", overrides=["run.report=false", "train.iters_per_epoch=2", "train.lr=5e-4"])
+    with pytest.raises(ValueError, match=r"full-dmdl-seed0 was trained with another config \(train.lr: "):
+        run_ablation(other, tmp_path, seeds=1, variants=["full DMDL"], echo=lambda *a, **k: None)  # never read back

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dmdl_dist.config import Config, ConfigError, apply_overrides
+from dmdl_dist.config import Config, ConfigError, apply_overrides, differing_keys, load_run_config, to_dict
 from dmdl_dist.data.manifest import write_parquet
 from dmdl_dist.engine.atomic import write_text
 from dmdl_dist.engine.trainer import train
@@ -36,6 +36,17 @@ def variant_config(base: Config, overrides: dict, seed: int) -> Config:
     return cfg
 
 
+def _same_config(run_dir: Path, cfg: Config) -> None:
+    """Refuses to read back or resume a run folder that another config trained (another --set, preset or bias)."""
+    if not (run_dir / "config.yaml").is_file():
+        return
+    differ = differing_keys(to_dict(load_run_config(run_dir)), to_dict(cfg))
+    if differ:
+        changes = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, old, new in differ)
+        raise ConfigError(f"{run_dir} was trained with another config ({changes}): its row would not be this "
+                          "ablation's. Give this ablation another --out, or remove that folder to train it again")
+
+
 def run_ablation(base: Config, out: str | Path, *, seeds: int = 1, variants: list[str] | None = None,
                  echo=print, after_run: Callable[[Path, Config], None] | None = None) -> pa.Table:
     """Trains every variant for each seed; writes ablation.md and ablation.parquet under `out`.
@@ -53,6 +64,7 @@ def run_ablation(base: Config, out: str | Path, *, seeds: int = 1, variants: lis
             cfg = variant_config(base, VARIANTS[name], seed)
             run_dir = out / f"{_slug(name)}-seed{seed}"
             results_file = run_dir / "results.json"
+            _same_config(run_dir, cfg)
             if results_file.is_file():  # resumable: finished variants are read back, not retrained
                 results = json.loads(results_file.read_text())
             else:
