@@ -535,12 +535,17 @@ def load_run_config(
     if checkpoint_config is not None:
         differ = differing_keys(checkpoint_config, to_dict(cfg))
         if differ and not force:
-            changes = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differ)
+            changes = describe_differences(differ)
             raise ConfigError(
                 f"{run_dir}: this resume would train on with other values than its checkpoint was trained with "
                 f"({changes}). Resume as trained (drop those --set, restore config.yaml), or add --force-config to "
                 "continue with the new values")
     return cfg
+
+
+def describe_differences(differ: list[tuple[str, Any, Any]]) -> str:
+    """`differing_keys`' result as one line: "key: old -> new; ..."."""
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differ)
 
 
 def differing_keys(old: dict, new: dict, *, stages: tuple = (1, 2, BOTH)) -> list[tuple[str, Any, Any]]:

@@ -107,7 +107,7 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
     A folder with a config but no checkpoint is said to start over; keys that act in training may
     differ from the checkpoint's only with `force`, and never those that change the network's weights.
     """
-    from dmdl_dist.config import differing_keys, load_run_config, to_dict
+    from dmdl_dist.config import describe_differences, differing_keys, load_run_config, to_dict
     from dmdl_dist.engine import checkpoint as ckpt
 
     last = Path(run_dir) / ckpt.LAST
@@ -128,8 +128,7 @@ def resume_config(run_dir: Path, overrides: list[str], *, force: bool = False):
             f"checkpoint {last} holds a network of {ckpt.describe_model(theirs)}; its weights cannot continue as "
             f"{', '.join(network)} (--force-config cannot change that): start a new run instead")
     if differ:
-        print(f"dmdl train: --force-config: {run_dir} continues with "
-              f"{'; '.join(f'{k}: {old!r} -> {new!r}' for k, old, new in differ)}", file=sys.stderr)
+        print(f"dmdl train: --force-config: {run_dir} continues with {describe_differences(differ)}", file=sys.stderr)
     return cfg
 
 

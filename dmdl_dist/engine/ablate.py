@@ -14,7 +14,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from dmdl_dist.config import Config, ConfigError, apply_overrides, differing_keys, load_run_config, to_dict
+from dmdl_dist.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    describe_differences,
+    differing_keys,
+    load_run_config,
+    to_dict,
+)
 from dmdl_dist.data.manifest import write_parquet
 from dmdl_dist.engine.atomic import write_text
 from dmdl_dist.engine.trainer import train
@@ -42,9 +50,9 @@ def _same_config(run_dir: Path, cfg: Config) -> None:
         return
     differ = differing_keys(to_dict(load_run_config(run_dir)), to_dict(cfg))
     if differ:
-        changes = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, old, new in differ)
-        raise ConfigError(f"{run_dir} was trained with another config ({changes}): its row would not be this "
-                          "ablation's. Give this ablation another --out, or remove that folder to train it again")
+        raise ConfigError(f"{run_dir} was trained with another config ({describe_differences(differ)}; there -> "
+                          "now): its row would not be this ablation's. Give this ablation another --out, or "
+                          "remove that folder to train it again")
 
 
 def run_ablation(base: Config, out: str | Path, *, seeds: int = 1, variants: list[str] | None = None,
