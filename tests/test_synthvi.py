@@ -25,6 +25,15 @@ from dmdl_dist.data.synthvi import (
     render,
     split_ids,
 )
+from dmdl_dist.data.synthvi.cues import (
+    SHARED_CUES,
+    chance_agreement,
+    cue_agreement,
+    cue_table,
+    cue_values,
+    load_identities,
+    wrong_matches,
+)
 
 # Fewer ids than TINY where a test only needs a handful of files.
 SMALL = replace(TINY, n_train=4, n_val=2, n_test=3, images_per_cam=(1, 2))
@@ -206,6 +215,34 @@ def test_stats_measure_the_colour_shortcut_and_the_shared_shape(tiny):
     assert "V->I" in table[0] and f"{colour['visible->infrared']['rank1']:.1f}" in table[1]
 
 
+def test_cue_agreement_reads_the_cues_a_feature_carries(tiny):
+    """A wrong match of a feature that encodes one cue always agrees on that cue; chance is exact."""
+    from dmdl_dist.data.synthvi.stats import cue_use, test_features
+
+    assert chance_agreement(["a", "a", "b"]) == pytest.approx(1 / 3)  # 2 of the 6 ordered pairs agree
+    assert chance_agreement([True, False]) == 0 and np.isnan(chance_agreement([1]))
+    identities = load_identities(tiny)
+    f = test_features(tiny)
+    # A feature that is the top's pattern and nothing else: every wrong match wears the same kind of top.
+    kinds = sorted(set(cue_values(identities, f.pids)["top pattern"]))
+    tops = cue_values(identities, f.pids)["top pattern"]
+    feats = np.eye(len(kinds))[[kinds.index(t) for t in tops]]
+    query, match = wrong_matches(feats, f.pids, f.modality)
+    assert len(query) > 0 and (query != match).all()
+    agree = cue_agreement(identities, query, match)
+    assert agree["top pattern"] == 1.0 and set(agree) == set(SHARED_CUES)
+    assert min(agree.values()) < 1  # the other cues are not carried along with it
+    table = cue_table(identities, f.pids, {"tops": (query, match)})
+    test_ids = sorted(set(f.pids.tolist()))
+    assert table["chance"]["coat"] == chance_agreement([identities[p]["coat"] for p in test_ids])
+    assert table["tops"] == agree
+    # The descriptors' rows: every infrared query whose nearest visible image shows another identity.
+    measured, errors = cue_use(tiny, f)
+    assert list(measured) == ["chance", "colour", "shape"]
+    assert errors["colour"] == len(wrong_matches(f.feats["colour"], f.pids, f.modality)[0]) > 0
+    assert cue_agreement(identities, *wrong_matches(f.feats["shape"], f.pids, f.modality)) == measured["shape"]
+
+
 def test_the_bias_dial_reaches_the_generated_data(tmp_path, monkeypatch):
     from dmdl_dist.config import ConfigError, load_config
     from dmdl_dist.engine.data import dataset_root
@@ -242,6 +279,9 @@ def test_synth_command_writes_and_measures(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"SynthVI (tiny, seed 0, bias 1) at {tmp_path / 's'}"
     assert out[1].startswith("descriptor") and out[2].startswith("colour") and out[3].startswith("shape")
+    assert out[5].startswith("wrong infrared->visible top-1 matches") and out[6].split() == ["cue", "chance", "colour",
+                                                                                          "shape"]
+    assert [line[:15].strip() for line in out[7:]] == [*SHARED_CUES, "wrong matches"]
 
 
 def test_stats_measure_a_checkpoint_like_the_descriptors(tiny, tmp_path, capsys):
@@ -277,6 +317,6 @@ def test_stats_measure_a_checkpoint_like_the_descriptors(tiny, tmp_path, capsys)
     command = ["synth", "--out", str(tiny), "--size", "tiny", "--stats", "--checkpoint"]
     assert cli.main([*command, str(path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[4].startswith("model ") and out[5] == f"model: {path}"
+    assert out[4].startswith("model ") and out[5] == f"model: {path}" and out[8].split()[-1] == "model"
     assert cli.main([*command, str(tmp_path / "x.pt")]) == 2
     assert "no such file" in capsys.readouterr().err

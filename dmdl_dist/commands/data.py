@@ -16,7 +16,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "of it, 1: none; default 0.8)")
     p.add_argument("--stats", action="store_true",
                    help="then print how well a colour histogram and a shape descriptor retrieve within and across "
-                   "modalities on the test ids")
+                   "modalities on the test ids, and which shared cues (patterns, sleeves, bags, ...) their wrong "
+                   "cross-modality matches agree on")
     p.add_argument("--checkpoint", type=Path, action="append", default=[], metavar="CKPT",
                    help="with --stats: a trained checkpoint's features measured the same way (repeatable)")
 
@@ -37,11 +38,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     out = generate(args.out, base)
     print(f"SynthVI ({args.size}, seed {args.seed}, bias {base.bias:g}) at {out}")
     if args.stats:
-        from dmdl_dist.data.synthvi.stats import format_stats, model_names, retrieval_stats
+        from dmdl_dist.data.synthvi.cues import format_cue_table
+        from dmdl_dist.data.synthvi.stats import cue_use, format_stats, model_names, retrieval_stats, test_features
 
-        print(format_stats(retrieval_stats(out, args.checkpoint)))
+        features = test_features(out, args.checkpoint)  # once, for both tables
+        print(format_stats(retrieval_stats(out, features=features)))
         for name, path in zip(model_names(len(args.checkpoint)), args.checkpoint, strict=True):
             print(f"{name}: {path}")
+        print()
+        print(format_cue_table(*cue_use(out, features)))
     return 0
 
 

@@ -8,19 +8,22 @@ of the other (or of the same, itself left out):
     what silhouettes and garment patterns look like in either modality (the shared cues).
 A trained checkpoint adds a row of its own features (flip-averaged, cosine), so that what a model
 learnt can be read the same way: a model that learnt the shortcut retrieves within a modality far
-better than across.
+better than across. cues.py then asks which shared cues (sleeves, patterns, bags, ...) the wrong
+cross-modality matches of each row agree on: the cues a model carries across modalities.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from dmdl_dist.data.datasets import load_manifest
 from dmdl_dist.data.manifest import MODALITY_NAMES, columns, select
+from dmdl_dist.data.synthvi.cues import cue_table, load_identities, wrong_matches
 from dmdl_dist.eval.metrics import rank_metrics
 
 DIRECTIONS = (("visible", "visible"), ("visible", "infrared"), ("infrared", "infrared"), ("infrared", "visible"))
@@ -56,25 +59,46 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
 
 
-def retrieval_stats(root: str | Path, checkpoints: Sequence[str | Path] = ()) -> dict[str, dict[str, dict[str, float]]]:
-    """{descriptor: {"visible->infrared": {"rank1": .., "mAP": ..}, ...}} over SynthVI's test ids.
+class TestFeatures(NamedTuple):
+    """Unit feature rows of SynthVI's test images, by descriptor or model, with their labels."""
 
-    Each checkpoint adds the row "model" (several: "model1", "model2", ... in the order given).
-    """
+    feats: dict[str, np.ndarray]  # "colour", "shape", then "model" (or "model1", "model2", ...)
+    pids: np.ndarray
+    modality: np.ndarray  # "visible" or "infrared" per image
+
+
+def test_features(root: str | Path, checkpoints: Sequence[str | Path] = ()) -> TestFeatures:
+    """Both hand-made descriptors, and each checkpoint's flip-averaged features, of every test image."""
     manifest = select(load_manifest("synthvi", root), split="test")  # the reader checks the layout
     test = columns(manifest)
     images = [np.asarray(Image.open(Path(root) / path).convert("RGB")) for path in test["path"]]
-    pids = test["pid"]
-    modality = np.array([MODALITY_NAMES[m] for m in test["modality"]])
-    out = {name: _directions(_normalised(np.stack([describe(im) for im in images])), pids, modality)
-           for name, describe in (("colour", colour_histogram), ("shape", shape_histogram))}
-    for i, path in enumerate(checkpoints):
+    feats = {name: _normalised(np.stack([describe(im) for im in images]))
+             for name, describe in (("colour", colour_histogram), ("shape", shape_histogram))}
+    for name, path in zip(model_names(len(checkpoints)), checkpoints, strict=True):
         from dmdl_dist.serve.inference import checkpoint_feature_fn
 
-        feats = checkpoint_feature_fn(path, root, progress=False)(manifest).astype(np.float64)
-        feats /= np.linalg.norm(feats, axis=1, keepdims=True) + 1e-12
-        out[model_names(len(checkpoints))[i]] = _directions(feats, pids, modality)
-    return out
+        f = checkpoint_feature_fn(path, root, progress=False)(manifest).astype(np.float64)
+        feats[name] = f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-12)
+    modality = np.array([MODALITY_NAMES[m] for m in test["modality"]])
+    return TestFeatures(feats, np.asarray(test["pid"]), modality)
+
+
+def retrieval_stats(root: str | Path, checkpoints: Sequence[str | Path] = (),
+                    features: TestFeatures | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """{descriptor: {"visible->infrared": {"rank1": .., "mAP": ..}, ...}} over SynthVI's test ids.
+
+    Each checkpoint adds the row "model" (several: "model1", "model2", ... in the order given).
+    `features`, when given, is test_features(root, checkpoints), computed once for several measures.
+    """
+    f = features if features is not None else test_features(root, checkpoints)
+    return {name: _directions(x, f.pids, f.modality) for name, x in f.feats.items()}
+
+
+def cue_use(root: str | Path, features: TestFeatures) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """(cues.cue_table of every row's wrong infrared->visible matches, the number of those matches per row)."""
+    rows = {name: wrong_matches(x, features.pids, features.modality) for name, x in features.feats.items()}
+    table = cue_table(load_identities(root), features.pids, rows)
+    return table, {name: len(query) for name, (query, _) in rows.items()}
 
 
 def model_names(n: int) -> list[str]:
