@@ -218,7 +218,10 @@ def test_stats_measure_the_colour_shortcut_and_the_shared_shape(tiny):
 def test_cue_agreement_reads_the_cues_a_feature_carries(tiny):
     """A wrong match of a feature that encodes one cue always agrees on that cue; chance is exact."""
     from dmdl_dist.data.synthvi.stats import cue_use, test_features
+    from dmdl_dist.errors import MissingPathError
 
+    with pytest.raises(MissingPathError, match="synthvi_identities.json is missing"):
+        load_identities(tiny.parent)
     assert chance_agreement(["a", "a", "b"]) == pytest.approx(1 / 3)  # 2 of the 6 ordered pairs agree
     assert chance_agreement([True, False]) == 0 and np.isnan(chance_agreement([1]))
     identities = load_identities(tiny)

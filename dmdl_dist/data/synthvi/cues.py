@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dmdl_dist.errors import MissingPathError
+
 
 def _pattern(garment: Mapping) -> str:
     """plain, checks, or stripes with their direction: what the garment's texture looks like in either modality."""
@@ -44,7 +46,8 @@ def load_identities(root: str | Path) -> dict[int, dict]:
     """pid -> the attributes SynthVI drew for it, as the generator recorded them."""
     path = Path(root) / "synthvi_identities.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {root} is not a SynthVI data set written by `dmdl synth`")
+        raise MissingPathError(f"{path} is missing: {root} is not a SynthVI data set written by `dmdl synth`; "
+                               "generate one with `dmdl synth --out DIR`")
     return {int(pid): attrs for pid, attrs in json.loads(path.read_text()).items()}
 
 
