@@ -39,10 +39,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     print(f"SynthVI ({args.size}, seed {args.seed}, bias {base.bias:g}) at {out}")
     if args.stats:
         from dmdl_dist.data.synthvi.cues import format_cue_table
-        from dmdl_dist.data.synthvi.stats import cue_use, format_stats, model_names, retrieval_stats, test_features
+        from dmdl_dist.data.synthvi.stats import cue_use, directions, format_stats, model_names, test_features
 
         features = test_features(out, args.checkpoint)  # once, for both tables
-        print(format_stats(retrieval_stats(out, features=features)))
+        print(format_stats(directions(features)))
         for name, path in zip(model_names(len(args.checkpoint)), args.checkpoint, strict=True):
             print(f"{name}: {path}")
         print()

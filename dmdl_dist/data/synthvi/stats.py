@@ -83,15 +83,17 @@ def test_features(root: str | Path, checkpoints: Sequence[str | Path] = ()) -> T
     return TestFeatures(feats, np.asarray(test["pid"]), modality)
 
 
-def retrieval_stats(root: str | Path, checkpoints: Sequence[str | Path] = (),
-                    features: TestFeatures | None = None) -> dict[str, dict[str, dict[str, float]]]:
+def retrieval_stats(root: str | Path, checkpoints: Sequence[str | Path] = ()) -> dict[str, dict[str, dict[str, float]]]:
     """{descriptor: {"visible->infrared": {"rank1": .., "mAP": ..}, ...}} over SynthVI's test ids.
 
     Each checkpoint adds the row "model" (several: "model1", "model2", ... in the order given).
-    `features`, when given, is test_features(root, checkpoints), computed once for several measures.
     """
-    f = features if features is not None else test_features(root, checkpoints)
-    return {name: _directions(x, f.pids, f.modality) for name, x in f.feats.items()}
+    return directions(test_features(root, checkpoints))
+
+
+def directions(features: TestFeatures) -> dict[str, dict[str, dict[str, float]]]:
+    """retrieval_stats of features already extracted (test_features), so several measures share one extraction."""
+    return {name: _directions(x, features.pids, features.modality) for name, x in features.feats.items()}
 
 
 def cue_use(root: str | Path, features: TestFeatures) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
