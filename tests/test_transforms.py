@@ -8,10 +8,12 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from dmdl_dist.data import transforms as T
 from dmdl_dist.data.images import ImageDataset
 from dmdl_dist.data.manifest import INFRARED, VISIBLE
+from dmdl_dist.data.reference_views import reference_views
 
 MEAN = torch.tensor(T.IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(T.IMAGENET_STD).view(3, 1, 1)
@@ -252,3 +254,38 @@ def test_unknown_modality_and_bad_probabilities_are_refused():
         T.single_view(VISIBLE, 64, 32, erase_max_area=0.01)
     with pytest.raises(ValueError, match="gray probability"):
         T.train_views(INFRARED, 64, 32, gray_p=1.5)
+
+
+@pytest.mark.parametrize("modality", [VISIBLE, INFRARED])
+@pytest.mark.parametrize("pad", [0, 2])
+def test_views_are_torchvisions_pipeline_with_the_same_draws(modality, pad):
+    ours = T.train_views(modality, 64, 32, erase_p=0.5, gray_p=0.5, pad=pad)
+    oracle = reference_views(modality, 64, 32, erase_p=0.5, gray_p=0.5, pad=pad)
+    image = _image(64, 32, gray=modality == INFRARED)
+    worst = 0.0
+    for seed in range(40):
+        for got, expected in zip(_seeded(ours, image, seed), _seeded(oracle, image, seed), strict=True):
+            assert got.shape == expected.shape == (3, 64, 32)
+            worst = max(worst, float((got - expected).abs().max()))
+    assert worst < 1e-4, f"largest difference {worst} (normalised units)"
+
+
+def test_colour_jitter_matches_torchvision_on_float_images_step_by_step():
+    rng = np.random.default_rng(1)
+    x = rng.random((64, 32, 3), dtype=np.float32)
+    tensor = torch.from_numpy(x.transpose(2, 0, 1).copy())
+    for name, factor, reference in [("brightness", 1.4, v2.functional.adjust_brightness),
+                                    ("contrast", 0.6, v2.functional.adjust_contrast),
+                                    ("saturation", 1.5, v2.functional.adjust_saturation),
+                                    ("hue", -0.37, v2.functional.adjust_hue), ("hue", 0.21, v2.functional.adjust_hue)]:
+        step = T._JITTER_STEPS[("brightness", "contrast", "saturation", "hue").index(name)]
+        got = torch.from_numpy(step(x, factor).transpose(2, 0, 1).copy())
+        assert torch.allclose(got, reference(tensor, factor), atol=2e-5), name
+
+
+def test_pseudo_colour_equals_opencv_on_colour_images_too():
+    rgb = np.asarray(_image(40, 24))
+    for maps in itertools.product(*RELEASE_MAPS):
+        for channel, colour_map in enumerate(maps):
+            np.testing.assert_array_equal(T.pseudo_colour(rgb, maps)[..., channel],
+                                          cv2.applyColorMap(rgb, colour_map)[..., channel])

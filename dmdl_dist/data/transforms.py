@@ -13,6 +13,7 @@ many workers and loader processes draw them.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -129,29 +130,86 @@ class ChannelAdaptiveGray:
         return gray.expand(3, -1, -1).clone()
 
 
+@functools.cache
+def _colour_map_table(colour_map: int) -> np.ndarray:
+    """OpenCV's colour map as a 256 x 3 lookup table (gray level -> the 3 channels applyColorMap writes)."""
+    return cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), colour_map).reshape(256, 3)
+
+
 def pseudo_colour(rgb: np.ndarray, maps: Sequence[int]) -> np.ndarray:
     """H x W x 3 uint8 -> H x W x 3 uint8: channel i is channel i of OpenCV's colour map maps[i] of rgb.
 
-    applyColorMap turns a three-channel input to gray first; infrared files repeat one plane,
-    so that gray is the plane itself.
+    applyColorMap turns a three-channel input to gray first (as BGR) and looks the gray level up in
+    the map; this does the same with one gray conversion and three table lookups. Infrared files
+    repeat one plane, so that gray is the plane itself.
     """
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    out = np.empty_like(rgb)
-    for channel, colour_map in enumerate(maps):
-        out[..., channel] = cv2.applyColorMap(rgb, colour_map)[..., channel]
-    return out
+    gray = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_BGR2GRAY)
+    return cv2.merge([cv2.LUT(gray, _colour_map_table(m)[:, c].copy()) for c, m in enumerate(maps)])
 
 
 class PseudoColour:
     """CBT 1, infrared view 2: pseudo_colour with each channel's map drawn from PSEUDO_COLOUR_MAPS.
 
     Gives the infrared image colours that carry no identity, so the network learns to ignore
-    colour rather than to expect its absence. PIL RGB image in and out (before ToTensor).
+    colour rather than to expect its absence. H x W x 3 uint8 (or a PIL RGB image) in, uint8 array out.
     """
 
-    def __call__(self, image: Image.Image) -> Image.Image:
+    def __call__(self, image: np.ndarray | Image.Image) -> np.ndarray:
         maps = [choices[_randint(len(choices))] for choices in PSEUDO_COLOUR_MAPS]
-        return Image.fromarray(pseudo_colour(np.asarray(image.convert("RGB")), maps))
+        return pseudo_colour(np.asarray(image), maps)
+
+
+class ColourJitter:
+    """torchvision's ColorJitter(b, c, s, h) on an H x W x 3 float image in [0, 1], as its tensor kernels compute it.
+
+    The same draws in the same order (a permutation of the four steps, then the brightness,
+    contrast, saturation and hue factors) and the same arithmetic: brightness scales, contrast
+    blends with the mean gray level, saturation with each pixel's gray level (GRAY_WEIGHTS), each
+    clipped to [0, 1]; hue turns the HSV hue by the factor of a full turn (OpenCV's float HSV,
+    which is torchvision's up to rounding). The release jitters the 8-bit PIL image, which rounds
+    after every step; the float steps differ from it by at most a level or two.
+    """
+
+    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float) -> None:
+        if min(brightness, contrast, saturation) < 0 or not 0 <= hue <= 0.5:
+            raise ValueError(f"jitter strengths must be >= 0 (hue <= 0.5), got {brightness, contrast, saturation, hue}")
+        self.ranges = [(max(0.0, 1 - v), 1 + v) for v in (brightness, contrast, saturation)] + [(-hue, hue)]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        order = torch.randperm(4).tolist()
+        factors = [float(torch.empty(1).uniform_(low, high).item()) for low, high in self.ranges]
+        for step in order:
+            x = _JITTER_STEPS[step](x, factors[step])
+        return x
+
+
+def _brightness(x: np.ndarray, factor: float) -> np.ndarray:
+    return np.clip(x * np.float32(factor), 0.0, 1.0)
+
+
+def _blend(x: np.ndarray, other: np.ndarray | np.float32, factor: float) -> np.ndarray:
+    return np.clip(x * np.float32(factor) + other * np.float32(1.0 - factor), 0.0, 1.0)
+
+
+def _gray(x: np.ndarray) -> np.ndarray:
+    return x @ np.asarray(GRAY_WEIGHTS, dtype=np.float32)  # H x W
+
+
+def _contrast(x: np.ndarray, factor: float) -> np.ndarray:
+    return _blend(x, np.float32(_gray(x).mean()), factor)
+
+
+def _saturation(x: np.ndarray, factor: float) -> np.ndarray:
+    return _blend(x, _gray(x)[..., None], factor)
+
+
+def _hue(x: np.ndarray, factor: float) -> np.ndarray:
+    hsv = cv2.cvtColor(np.ascontiguousarray(x, dtype=np.float32), cv2.COLOR_RGB2HSV)  # hue in degrees
+    hsv[..., 0] = np.mod(hsv[..., 0] + np.float32(360.0 * factor), np.float32(360.0))
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+_JITTER_STEPS = (_brightness, _contrast, _saturation, _hue)  # torchvision's fn_idx order
 
 
 def resize_step(height: int, width: int) -> v2.Resize:
@@ -160,30 +218,76 @@ def resize_step(height: int, width: int) -> v2.Resize:
     return v2.Resize((height, width), interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
-def _geometric(height: int, width: int, pad: int) -> list:
-    """Bicubic resize, zero pad `pad` + random crop back to size, horizontal flip: PIL in, PIL out."""
-    return [
-        resize_step(height, width),
-        v2.Pad(pad),
-        v2.RandomCrop((height, width)),
-        v2.RandomHorizontalFlip(0.5),
-    ]
+def _pixels(image: np.ndarray | Image.Image, height: int, width: int) -> np.ndarray:
+    """H x W x 3 uint8 at the size: the image as it is when it already has it, else resize_step's bicubic resize."""
+    pixels = np.asarray(image)
+    if pixels.shape[:2] == (height, width) and pixels.ndim == 3:
+        return pixels
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(pixels)
+    return np.asarray(resize_step(height, width)(image.convert("RGB")))
 
 
-def _to_normalised() -> list:
-    """PIL -> 3 x H x W float tensor in [0, 1] (ToTensor) -> ImageNet-normalised plain tensor."""
-    return [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        v2.ToPureTensor(),
-    ]
+@functools.cache
+def _mean_std() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
-def _common(height: int, width: int, erase_p: float, erase_max_area: float, *, pad: int = PAD,
-            colour: Sequence = ()) -> list:
-    """Every training view: geometry, [colour steps on the PIL image], normalisation, erasing."""
-    return [*_geometric(height, width, pad), *colour, *_to_normalised(), RandomErasing(erase_p, erase_max_area)]
+def _normalised(pixels: np.ndarray) -> torch.Tensor:
+    """H x W x 3, uint8 or float in [0, 1] -> ImageNet-normalised 3 x H x W float tensor (ToDtype, Normalize)."""
+    x = torch.from_numpy(pixels.transpose(2, 0, 1).copy(order="C"))  # a writable copy: cached images are read-only
+    x = x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x
+    mean, std = _mean_std()
+    return x.sub_(mean).div_(std)
+
+
+def _crop_flip(pixels: np.ndarray, pad: int) -> np.ndarray:
+    """Zero pad by `pad`, crop back to the size at a random offset, flip left-right half the time.
+
+    torchvision's Pad, RandomCrop and RandomHorizontalFlip(0.5) with their draws: top, then left
+    (none when pad is 0), then the flip.
+    """
+    height, width = pixels.shape[:2]
+    top = int(torch.randint(0, 2 * pad + 1, size=())) if pad else 0
+    left = int(torch.randint(0, 2 * pad + 1, size=())) if pad else 0
+    out = np.zeros_like(pixels)
+    # Padded row r holds image row r - pad; the crop keeps padded rows top .. top + height - 1.
+    src_r, src_c = slice(max(0, top - pad), min(height, top - pad + height)), \
+        slice(max(0, left - pad), min(width, left - pad + width))
+    dst_r, dst_c = slice(max(0, pad - top), max(0, pad - top) + src_r.stop - src_r.start), \
+        slice(max(0, pad - left), max(0, pad - left) + src_c.stop - src_c.start)
+    out[dst_r, dst_c] = pixels[src_r, src_c]
+    return out[:, ::-1] if float(torch.rand(1)) < 0.5 else out
+
+
+class View:
+    """One training view of an image: the release's steps in the release's order, on 8-bit and float arrays.
+
+    Bicubic resize (skipped for an image already at the size), zero pad + random crop, horizontal
+    flip, [pseudo-colour on the 8-bit image], to [0, 1], [colour jitter], ImageNet normalisation,
+    random erasing, [a channel step on the normalised tensor]. The draws are torchvision's for the
+    same pipeline, in the same order. Written on arrays because torchvision's per-transform dispatch
+    cost about 1 ms a pair of 64 x 32 views, more than the small network's own step on 2 CPU cores.
+    """
+
+    def __init__(self, height: int, width: int, *, pad: int, erase_p: float, erase_max_area: float,
+                 pseudo: bool = False, jitter: ColourJitter | None = None,
+                 channel: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        if pad < 0:
+            raise ValueError(f"pad must be >= 0, got {pad}")
+        self.height, self.width, self.pad = height, width, pad
+        self.pseudo = PseudoColour() if pseudo else None
+        self.jitter, self.channel = jitter, channel
+        self.erase = RandomErasing(erase_p, erase_max_area)
+
+    def __call__(self, image: np.ndarray | Image.Image) -> torch.Tensor:
+        pixels = _crop_flip(_pixels(image, self.height, self.width), self.pad)
+        if self.pseudo is not None:
+            pixels = self.pseudo(pixels)
+        if self.jitter is not None:
+            pixels = self.jitter(pixels.astype(np.float32) / np.float32(255.0))
+        out = self.erase(_normalised(pixels))
+        return out if self.channel is None else self.channel(out)
 
 
 class TwoViews:
@@ -198,14 +302,14 @@ class TwoViews:
 
 def single_view(
     modality: int, height: int, width: int, *, erase_p: float = 0.5, erase_max_area: float = 0.5, pad: int = PAD
-) -> v2.Compose:
-    """The plain training transform (cbt.augment off): the common pipeline, erasing included.
+) -> View:
+    """The plain training transform (cbt.augment off): geometry, normalisation, erasing.
 
     Same signature as train_views (less gray_p) so the trainer can pick either; the modality
     does not matter here.
     """
     _check_modality(modality)
-    return v2.Compose(_common(height, width, erase_p, erase_max_area, pad=pad))
+    return View(height, width, pad=pad, erase_p=erase_p, erase_max_area=erase_max_area)
 
 
 def train_views(
@@ -218,20 +322,32 @@ def train_views(
     stage 1 and cbt.erase_max_area_stage2 in stage 2 (0.6 on RegDB); pad is data.pad.
     """
     _check_modality(modality)
+    common = dict(pad=pad, erase_p=erase_p, erase_max_area=erase_max_area)
     if modality == VISIBLE:
-        first = v2.Compose(_common(height, width, erase_p, erase_max_area, pad=pad))
-        jitter = v2.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.5)
-        colour = _common(height, width, erase_p, erase_max_area, pad=pad, colour=[jitter])
-        second = v2.Compose([*colour, ChannelExchange()])
+        first = View(height, width, **common)
+        second = View(height, width, jitter=ColourJitter(0.5, 0.5, 0.5, 0.5), channel=ChannelExchange(), **common)
     else:
-        first = v2.Compose([*_common(height, width, erase_p, erase_max_area, pad=pad), ChannelAdaptiveGray(gray_p)])
-        second = v2.Compose(_common(height, width, erase_p, erase_max_area, pad=pad, colour=[PseudoColour()]))
+        first = View(height, width, channel=ChannelAdaptiveGray(gray_p), **common)
+        second = View(height, width, pseudo=True, **common)
     return TwoViews(first, second)
 
 
-def test_transform(height: int, width: int) -> v2.Compose:
+class TestTransform:
+    """Bicubic resize (skipped for an image already at the size) and normalise: features for clustering and
+    evaluation."""
+
+    __test__ = False  # not a pytest test, though its name starts with "Test"
+
+    def __init__(self, height: int, width: int) -> None:
+        self.height, self.width = height, width
+
+    def __call__(self, image: np.ndarray | Image.Image) -> torch.Tensor:
+        return _normalised(_pixels(image, self.height, self.width))
+
+
+def test_transform(height: int, width: int) -> TestTransform:
     """Bicubic resize and normalise: features for clustering and evaluation."""
-    return v2.Compose([resize_step(height, width), *_to_normalised()])
+    return TestTransform(height, width)
 
 
 def _check_modality(modality: int) -> None:
