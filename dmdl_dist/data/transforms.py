@@ -250,13 +250,8 @@ def _crop_flip(pixels: np.ndarray, pad: int) -> np.ndarray:
     height, width = pixels.shape[:2]
     top = int(torch.randint(0, 2 * pad + 1, size=())) if pad else 0
     left = int(torch.randint(0, 2 * pad + 1, size=())) if pad else 0
-    out = np.zeros_like(pixels)
-    # Padded row r holds image row r - pad; the crop keeps padded rows top .. top + height - 1.
-    src_r, src_c = slice(max(0, top - pad), min(height, top - pad + height)), \
-        slice(max(0, left - pad), min(width, left - pad + width))
-    dst_r, dst_c = slice(max(0, pad - top), max(0, pad - top) + src_r.stop - src_r.start), \
-        slice(max(0, pad - left), max(0, pad - left) + src_c.stop - src_c.start)
-    out[dst_r, dst_c] = pixels[src_r, src_c]
+    padded = cv2.copyMakeBorder(np.ascontiguousarray(pixels), pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    out = padded[top : top + height, left : left + width]
     return out[:, ::-1] if float(torch.rand(1)) < 0.5 else out
 
 
